@@ -1,0 +1,7 @@
+"""`python -m studio …`: see studio/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

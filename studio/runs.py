@@ -1,0 +1,242 @@
+"""The run folder: everything a run needs lives in runs/<run-id>/, so a reload or a restart can pick it up.
+
+    runs/<run-id>/
+      config.yaml    resolved RunConfig + preset + backend/device/dtype + library versions
+      data.json      data report (layout, pairs, dropped rows, token stats)
+      metrics.jsonl  one JSON object per log event
+      status.json    state, error text, step counts, pid
+      adapter/       adapter_config.json + adapter_model.safetensors
+      eval.json      evaluation results
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig, studio_home
+
+STATES = ("queued", "loading", "training", "saving", "done", "stopped", "failed", "interrupted")
+LIVE_STATES = ("queued", "loading", "training", "saving")
+
+
+def runs_root() -> Path:
+    return studio_home() / "runs"
+
+
+def new_run_id(label: str = "run") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = runs_root()
+    run_id, n = f"{stamp}-{label}", 1
+    while (root / run_id).exists():
+        n += 1
+        run_id = f"{stamp}-{label}-{n}"
+    return run_id
+
+
+class MetricsLog:
+    """Thread-safe, append-only list of logged dicts, mirrored line by line to metrics.jsonl.
+
+    Readers poll with `since(i)` and keep their own cursor, so any number of pages or
+    processes can follow one run without the trainer knowing about them.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        if path is not None and path.is_file():
+            self._rows = read_jsonl(path)
+
+    def append(self, row: dict) -> None:
+        with self._lock:
+            self._rows.append(row)
+            if self.path is not None:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    def since(self, index: int = 0) -> list[dict]:
+        with self._lock:
+            return list(self._rows[index:])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut short by a crash; the rest is still good
+    return rows
+
+
+@dataclass
+class Run:
+    """A run folder on disk."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def has_adapter(self) -> bool:
+        return (self.adapter_dir / "adapter_config.json").is_file()
+
+    def create(self) -> "Run":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # --- config ---
+    def write_config(self, cfg: RunConfig, **extra) -> None:
+        body = {**cfg.to_dict(), **({"_run": extra} if extra else {})}
+        _atomic_write(self.path / "config.yaml", yaml.safe_dump(body, sort_keys=False))
+
+    def read_config_raw(self) -> dict:
+        path = self.path / "config.yaml"
+        return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def config(self) -> RunConfig:
+        values = self.read_config_raw()
+        values.pop("_run", None)
+        return RunConfig.from_dict(values, origin=str(self.path / "config.yaml"))
+
+    @property
+    def info(self) -> dict:
+        """Preset, backend, device, dtype and versions recorded when the run started."""
+        return self.read_config_raw().get("_run", {})
+
+    # --- status ---
+    def write_status(self, **fields) -> dict:
+        status = {**self.status(), **fields, "updated": time.time()}
+        _atomic_write(self.path / "status.json", json.dumps(status, indent=2))
+        return status
+
+    def status(self) -> dict:
+        path = self.path / "status.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}
+
+    @property
+    def state(self) -> str:
+        return self.status().get("state", "unknown")
+
+    # --- data, metrics, eval ---
+    def write_json(self, name: str, value) -> None:
+        _atomic_write(self.path / name, json.dumps(value, indent=2))
+
+    def read_json(self, name: str):
+        path = self.path / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return read_jsonl(path) if path.is_file() else []
+
+    def summary(self) -> dict:
+        """One row for a runs table: key settings, state, final metrics, time."""
+        status, raw = self.status(), self.read_config_raw()
+        train = [m for m in self.metrics() if "loss" in m]
+        evals = [m for m in self.metrics() if "eval_loss" in m]
+        last, last_eval = (train[-1] if train else {}), (evals[-1] if evals else {})
+        return {
+            "run": self.id,
+            "preset": raw.get("_run", {}).get("preset"),
+            "state": status.get("state"),
+            "model": raw.get("model"),
+            "method": raw.get("method"),
+            "beta": raw.get("beta"),
+            "learning_rate": raw.get("learning_rate"),
+            "step": status.get("step"),
+            "loss": last.get("loss"),
+            "margins": last.get("rewards/margins"),
+            "accuracy": last.get("rewards/accuracies"),
+            "eval_loss": last_eval.get("eval_loss"),
+            "eval_margins": last_eval.get("eval_rewards/margins"),
+            "started": status.get("started"),
+            "seconds": (status.get("finished") or status.get("updated") or 0) - (status.get("started") or 0)
+            if status.get("started")
+            else None,
+            "error": status.get("error"),
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Readers in other threads or processes never see a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def list_runs(root: Path | None = None) -> list[Run]:
+    root = root or runs_root()
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "status.json").is_file()]
+    return sorted(runs, key=lambda r: r.status().get("started") or 0, reverse=True)
+
+
+def get_run(run: str | Path) -> Run:
+    """A run by folder path or by id under STUDIO_HOME/runs."""
+    path = Path(run)
+    if not (path / "status.json").is_file():
+        path = runs_root() / str(run)
+    if not (path / "status.json").is_file():
+        known = ", ".join(r.id for r in list_runs()[:10]) or "none yet"
+        raise FileNotFoundError(f"No run {run!r} (a run folder or an id under {runs_root()}). Recent runs: {known}")
+    return Run(path)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset()) -> list[str]:
+    """Runs left in a live state by a process that died are marked interrupted (their files stay)."""
+    marked = []
+    for run in list_runs(root):
+        status = run.status()
+        if status.get("state") not in LIVE_STATES or run.id in live_ids:
+            continue
+        if status.get("pid") == os.getpid() or _pid_alive(status.get("pid")):
+            continue
+        run.write_status(
+            state="interrupted",
+            error=f"the process running it (pid {status.get('pid')}) ended while it was {status.get('state')}",
+        )
+        marked.append(run.id)
+    return marked
+
+
+def delete_run(run: Run) -> None:
+    if run.state in LIVE_STATES and _pid_alive(run.status().get("pid")):
+        raise RuntimeError(f"Run {run.id} is still {run.state}; stop it before deleting it.")
+    shutil.rmtree(run.path)

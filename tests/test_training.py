@@ -1,0 +1,159 @@
+"""A real DPO run on the embedded model, a few steps long, in a background thread."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from studio.config import ConfigError, RunConfig
+from studio.runs import Run, list_runs, mark_interrupted
+from studio.training import JobBusy, TrainingJob
+
+
+def quick_config(data, **changes) -> RunConfig:
+    base = dict(model="embedded", data=str(data), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
+                beta=0.1, lora_r=8, lora_alpha=16, max_length=64, eval_fraction=0.25, eval_steps=3, save_steps=0,
+                lora_target_modules=["q_proj", "v_proj"])
+    return RunConfig(**{**base, **changes})
+
+
+def wait_for(predicate, timeout=120.0, poll=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, model_cache, style_pairs):
+    """One short run shared by the tests that only read its results."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDIO_HOME", str(home))
+    job = TrainingJob(quick_config(style_pairs), preset="test").start()
+    seen_during_training = []
+    while job.is_alive():
+        rows = job.metrics.since(0)
+        if rows and job.state == "training":
+            seen_during_training.append((len(rows), job.step))
+        time.sleep(0.05)
+    job.wait()
+    yield job, seen_during_training
+    mp.undo()
+
+
+def test_run_finishes_and_its_folder_is_complete(finished_run):
+    job, _ = finished_run
+    assert job.state == "done", job.error
+    run = Run(job.run.path)
+    assert run.state == "done" and run.status()["step"] == 6
+    for name in ("config.yaml", "metrics.jsonl", "status.json", "data.json"):
+        assert (run.path / name).is_file(), name
+    assert sorted(p.name for p in run.adapter_dir.iterdir() if p.suffix in (".json", ".safetensors")) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    assert not (run.adapter_dir / "ref").exists()
+    info = run.info
+    assert info["backend"] == "transformers+peft" and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["versions"]["trl"] and info["versions"]["torch"] and info["preset"] == "test"
+    data = run.read_json("data.json")
+    assert data["pairs"] == 12 and data["train_pairs"] == 9 and data["eval_pairs"] == 3
+
+
+def test_metrics_arrived_step_by_step_while_training_ran(finished_run):
+    job, seen = finished_run
+    assert seen, "no metric was readable while the job was still training"
+    assert min(n for n, _ in seen) < 6, "metrics only appeared at the end"
+    train = [m for m in job.metrics.since(0) if "loss" in m]
+    assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected", "learning_rate", "grad_norm", "epoch", "time"):
+        assert key in train[0], key
+    times = [m["time"] for m in train]
+    assert times == sorted(times) and times[-1] - times[0] > 0
+    evals = [m for m in job.metrics.since(0) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [3, 6] and "eval_rewards/margins" in evals[0]
+    on_disk = [json.loads(line) for line in (job.run.path / "metrics.jsonl").read_text().splitlines()]
+    assert on_disk == job.metrics.since(0)
+
+
+def test_incremental_reads_return_only_new_rows(finished_run):
+    job, _ = finished_run
+    rows = job.metrics.since(0)
+    assert job.metrics.since(len(rows) - 2) == rows[-2:] and job.metrics.since(len(rows)) == []
+
+
+def test_saved_adapter_reloads_and_changes_log_probabilities(finished_run):
+    from studio.evaluate import sequence_logps
+    from studio.models import attach_adapter, load_base
+
+    job, _ = finished_run
+    model, tokenizer = load_base("embedded", device="cpu")
+    prompt = [{"role": "user", "content": "Tell me one thing about tea."}]
+    chosen, rejected = "I like tea. It is simple.", "It is important to note that, in conclusion, tea is a multifaceted topic with numerous considerations."
+    base = sequence_logps(model, tokenizer, [prompt, prompt], [chosen, rejected])
+    tuned_model = attach_adapter(model, job.run.adapter_dir)
+    tuned = sequence_logps(tuned_model, tokenizer, [prompt, prompt], [chosen, rejected])
+    with tuned_model.disable_adapter():
+        again = sequence_logps(tuned_model, tokenizer, [prompt, prompt], [chosen, rejected])
+    assert torch.allclose(base, again, atol=1e-4), "the base weights changed"
+    assert not torch.allclose(base, tuned, atol=1e-3), "the adapter did not change log-probabilities"
+    # DPO pushed the chosen answer up relative to the rejected one.
+    assert (tuned[0] - tuned[1]) > (base[0] - base[1])
+
+
+def test_stop_ends_the_run_early_and_still_saves_the_adapter(studio_home, style_pairs):
+    job = TrainingJob(quick_config(style_pairs, max_steps=500, eval_fraction=0)).start()
+    assert wait_for(lambda: job.step >= 2), job.error
+    job.stop()
+    assert job.wait(120) == "stopped"
+    assert job.step < 500
+    assert Run(job.run.path).state == "stopped"
+    assert (job.run.adapter_dir / "adapter_model.safetensors").is_file()
+    assert len([m for m in job.metrics.since(0) if "loss" in m]) >= 2
+
+
+def test_a_second_job_is_refused_while_one_runs(studio_home, style_pairs):
+    first = TrainingJob(quick_config(style_pairs, max_steps=500, eval_fraction=0)).start()
+    try:
+        with pytest.raises(JobBusy, match=first.run.id):
+            TrainingJob(quick_config(style_pairs)).start()
+    finally:
+        first.stop()
+        first.wait(120)
+    assert TrainingJob.active() is None
+
+
+def test_qlora_on_cpu_is_refused_before_anything_is_written(studio_home, style_pairs):
+    with pytest.raises(ConfigError, match="QLoRA needs a CUDA GPU"):
+        TrainingJob(quick_config(style_pairs, method="qlora"))
+    assert list_runs() == []
+
+
+def test_bad_data_fails_the_run_with_a_readable_error(studio_home, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "chosen": "", "rejected": "no"}\n')
+    job = TrainingJob(quick_config(bad)).start()
+    assert job.wait(120) == "failed"
+    status = Run(job.run.path).status()
+    assert status["state"] == "failed" and "row 1" in status["error"] and "Traceback" not in status["error"]
+
+
+def test_unknown_hub_model_fails_offline_naming_the_embedded_default(studio_home, style_pairs):
+    job = TrainingJob(quick_config(style_pairs, model="HuggingFaceTB/SmolLM2-135M-Instruct")).start()
+    assert job.wait(60) == "failed"
+    assert "cannot be reached" in job.error and "embedded" in job.error
+
+
+def test_runs_left_live_by_a_dead_process_are_marked_interrupted(studio_home):
+    run = Run(studio_home / "runs" / "old").create()
+    run.write_status(state="training", pid=2**22 + 12345, started=time.time())  # no such pid
+    assert mark_interrupted() == ["old"]
+    assert run.state == "interrupted"
+    alive = Run(studio_home / "runs" / "mine").create()
+    alive.write_status(state="training", pid=os.getpid(), started=time.time())
+    assert mark_interrupted() == [] and alive.state == "training"
