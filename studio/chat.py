@@ -1,0 +1,152 @@
+"""Streamed generation for the SFT baseline and the DPO-tuned model side by side, from one copy of the base weights.
+
+Each run's adapter is attached to the same base model under the run's id. Both panes answer in
+one batched `generate`, rows routed by PEFT's per-row `adapter_names` ("__base__" = adapter off),
+so the weights are read once per token for both answers.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 200
+    temperature: float = 0.0  # 0 = greedy, so baseline and tuned differ only by the adapter
+    top_p: float = 0.9
+    seed: int = 0
+
+    def kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+
+class _RowStreamer:
+    """A transformers streamer for a batch: queues each step's new token per row."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt itself
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(self.rows, -1)[:, -1].tolist())
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+class ChatEngine:
+    """Holds one base model; attaches run adapters by name; streams one or several answers."""
+
+    def __init__(self, model_spec: str = "embedded", device: str | None = None, dtype=None):
+        from .config import detect_hardware
+        from .models import chat_dtype, load_base
+
+        device = device or detect_hardware().device
+        self.model_spec = model_spec
+        self.model, self.tokenizer = load_base(model_spec, device, dtype or chat_dtype(device))
+        self.device = next(self.model.parameters()).device
+        self.adapters: dict[str, Path] = {}
+        self._lock = threading.Lock()  # one generate at a time: two would halve each other's speed
+
+    # --- adapters ---
+    def attach(self, adapter_dir: str | Path, name: str) -> str:
+        """Attach a trained adapter (idempotent). Returns the name to use in `adapters=`."""
+        from .models import attach_adapter
+
+        safe = name.replace(".", "_")  # PEFT adapter names become module attribute names
+        if safe not in self.adapters:
+            with self._lock:
+                self.model = attach_adapter(self.model, Path(adapter_dir), safe)
+                self.adapters[safe] = Path(adapter_dir)
+        return safe
+
+    def attach_run(self, run) -> str:
+        if not run.has_adapter:
+            raise FileNotFoundError(f"Run {run.id} has no saved adapter yet (state: {run.state}).")
+        return self.attach(run.adapter_dir, run.id)
+
+    # --- generation ---
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    def stream(self, conversations: list[list[dict]], adapters: list[str | None],
+               settings: GenerationSettings | None = None) -> Iterator[list[str]]:
+        """Answer each conversation with its adapter (None = base model); yields every row's text so far."""
+        settings = settings or GenerationSettings()
+        rows = len(conversations)
+        ids = [self.prompt_ids(c) for c in conversations]
+        width = max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        # Left padding: every row's next token lands in the same column.
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=self.device)
+        attention = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
+        names = [a or BASE for a in adapters]
+        kwargs = dict(input_ids=input_ids, attention_mask=attention, pad_token_id=pad,
+                      eos_token_id=self.tokenizer.eos_token_id, **settings.kwargs())
+        if any(n != BASE for n in names):
+            kwargs["adapter_names"] = names
+        elif hasattr(self.model, "disable_adapter"):
+            kwargs["adapter_names"] = names  # a PeftModel with adapters: route every row to the base
+
+        streamer = _RowStreamer(rows)
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with self._lock, torch.inference_mode():
+                    torch.manual_seed(settings.seed)
+                    self.model.generate(**kwargs, streamer=streamer)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                streamer.end()
+
+        threading.Thread(target=work, daemon=True).start()
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        texts = [""] * rows
+        eos = self.tokenizer.eos_token_id
+        while True:
+            step = streamer.queue.get()
+            if step is None:
+                break
+            for r, tok in enumerate(step):
+                if done[r]:
+                    continue
+                if tok == eos:
+                    done[r] = True
+                    continue
+                tokens[r].append(tok)
+            texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+            yield texts
+        if errors:
+            raise errors[0]
+
+    def stream_pair(self, baseline: list[dict], tuned: list[dict], adapter: str,
+                    settings: GenerationSettings | None = None) -> Iterator[tuple[str, str]]:
+        """The SFT baseline (adapter off) and the DPO model (adapter on), answering in one batch."""
+        for texts in self.stream([baseline, tuned], [None, adapter], settings):
+            yield texts[0], texts[1]
+
+    def answer(self, messages: list[dict], adapter: str | None = None,
+               settings: GenerationSettings | None = None) -> str:
+        text = ""
+        for texts in self.stream([messages], [adapter], settings):
+            text = texts[0]
+        return text
