@@ -117,7 +117,8 @@ class ChatEngine:
                 errors.append(e)
                 streamer.end()
 
-        threading.Thread(target=work, daemon=True).start()
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
         tokens: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         texts = [""] * rows
@@ -135,6 +136,9 @@ class ChatEngine:
                 tokens[r].append(tok)
             texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
             yield texts
+        # generate() returns right after the streamer's end; wait for it, or a process that exits now
+        # kills a thread still inside torch ("terminate called without an active exception").
+        worker.join()
         if errors:
             raise errors[0]
 

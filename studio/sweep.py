@@ -1,0 +1,279 @@
+"""`Sweep`: a small grid of settings trained as a queue of ordinary runs, then evaluated side by side.
+
+    sweep = Sweep(load_preset("twin-style-cpu").config, {"beta": [0.1, 0.5], "learning_rate": [5e-5, 1e-4]},
+                  preset="twin-style-cpu").start()
+    sweep.wait()                      # or sweep.stop(): ends the current run (its adapter is saved), skips the rest
+    sweep.comparison()                # one row per run: swept values, state, loss, held-out accuracies
+
+Each run is a normal run folder under STUDIO_HOME/runs/ (the web app and `python -m studio eval`
+read it like any other) with a sweep.json naming its sweep and swept values; the sweep itself lives
+in STUDIO_HOME/sweeps/<id>/sweep.json: its grid, base config, run ids and, once evaluated, the numbers.
+The Handbook chose its DPO settings this way: many small trainings, compared on the same questions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, coerce, field_names, resolve_for_hardware, studio_home
+from .runs import Run, _atomic_write, new_run_id, runs_root
+
+MAX_SETTINGS = 2  # a 2-D grid still reads as a table; more axes are better done one at a time
+MAX_RUNS = 12  # on CPU each run is minutes; a dozen is an afternoon
+UNSWEEPABLE = ("model", "lora_target_modules")  # one base model per comparison; list values can't be comma-split
+STATES = ("queued", "training", "evaluating", "done", "stopped", "failed")
+
+
+def sweeps_root() -> Path:
+    return studio_home() / "sweeps"
+
+
+def parse_grid(specs: list[str]) -> dict[str, list]:
+    """`["beta=0.1,0.5", "learning_rate=5e-5,1e-4"]` -> {"beta": [0.1, 0.5], "learning_rate": [5e-05, 0.0001]}."""
+    grid: dict[str, list] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"--grid expects KEY=V1,V2,…, got {spec!r}")
+        if key in grid:
+            raise ConfigError(f"{key} is given twice; put all its values in one --grid {key}=V1,V2,…")
+        grid[key] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+def check_grid(grid: dict[str, list]) -> dict[str, list]:
+    """Coerce each value to its field's type and enforce the size limits, with messages naming the key."""
+    if not grid:
+        raise ConfigError("A sweep needs at least one setting to vary, e.g. beta=0.1,0.5")
+    if len(grid) > MAX_SETTINGS:
+        raise ConfigError(f"A sweep varies at most {MAX_SETTINGS} settings at once; got {len(grid)}: {', '.join(grid)}")
+    checked = {}
+    for key, values in grid.items():
+        if key not in field_names():
+            raise ConfigError(f"Unknown key in the grid: {key}. Known keys: {', '.join(field_names())}")
+        if key in UNSWEEPABLE:
+            raise ConfigError(f"{key} cannot be swept: {'each model needs its own baseline; sweep one model at a time' if key == 'model' else 'its value is a list'}")
+        values = [coerce(key, v) for v in (values if isinstance(values, (list, tuple)) else [values])]
+        if not values:
+            raise ConfigError(f"{key} has no values to sweep")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{key} lists a value twice: {values}")
+        checked[key] = values
+    total = 1
+    for values in checked.values():
+        total *= len(values)
+    if total > MAX_RUNS:
+        raise ConfigError(f"This grid makes {total} runs; a sweep runs at most {MAX_RUNS}. Drop some values.")
+    return checked
+
+
+class Sweep:
+    """A queue of runs over the product of the grid's values, trained one after another in a thread."""
+
+    def __init__(self, base_cfg: RunConfig, grid: dict[str, list], preset: str | None = None,
+                 sweep_id: str | None = None, evaluate: bool = True, probes: list[str] | None = None,
+                 settings=None):
+        self.base = base_cfg
+        self.grid = check_grid(grid)
+        self.preset = preset
+        self.evaluate = evaluate
+        self.probes = probes  # None: each run's default probes
+        self.settings = settings  # probe generation settings (None: studio.evaluate.probe_settings())
+        self.values = [dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values())]
+        self._configs = [base_cfg.replace(**v) for v in self.values]  # ConfigError here names the bad combination
+        for cfg in self._configs:
+            resolve_for_hardware(cfg)  # e.g. qlora on CPU: refused before anything runs
+        if not base_cfg.data:
+            raise ConfigError("No preference data: set data to a file or a hub dataset id.")
+        self.id = sweep_id or _new_sweep_id(preset)
+        self.path = sweeps_root() / self.id
+        self.state = "queued"
+        self.error: str | None = None
+        self.current = None  # the TrainingJob that runs now
+        self.index = -1  # which combination runs now (0-based)
+        self.runs: list[Run] = []
+        self.entries: list[dict] = [{"values": v, "run": None, "state": "queued"} for v in self.values]
+        self.results: dict[str, dict] = {}  # run id -> evaluate_run() result
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def configs(self) -> list[RunConfig]:
+        """Every combination of the grid applied to the base config, in queue order."""
+        return list(self._configs)
+
+    # --- control ---
+    def start(self) -> "Sweep":
+        from .training import JobBusy, TrainingJob
+
+        active = TrainingJob.active()
+        if active is not None and active.is_alive():
+            raise JobBusy(f"A training job is already running: {active.run.id} ({active.state}). Stop it first.")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self._save()
+        self._thread = threading.Thread(target=self._main, name=f"sweep-{self.id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the current run at its next step (its adapter is saved) and skip the rest."""
+        self._stop.set()
+        if self.current is not None:
+            self.current.stop()
+
+    def wait(self, timeout: float | None = None) -> str:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the thread ---
+    def _main(self) -> None:
+        try:
+            for i, cfg in enumerate(self._configs):
+                if self._stop.is_set():
+                    self.entries[i]["state"] = "skipped"
+                    continue
+                self.index = i
+                self._train(i, cfg)
+            self._save()
+            if self.evaluate and not self._stop.is_set():
+                self._set("evaluating")
+                self._evaluate()
+            failed = any(e["state"] == "failed" for e in self.entries)
+            self._set("stopped" if self._stop.is_set() else "failed" if failed else "done")
+        except BaseException as e:  # noqa: BLE001 - the sweep must end in a state, whatever went wrong
+            self.error = f"{type(e).__name__}: {e}"
+            self._set("failed")
+        finally:
+            self.current = None
+
+    def _train(self, i: int, cfg: RunConfig) -> None:
+        from .training import JobBusy, TrainingJob
+
+        label = _slug("-".join(f"{_short(k)}{_value_text(v)}" for k, v in self.values[i].items()))
+        run_dir = runs_root() / new_run_id(f"{_slug(self.preset or 'sweep')}-{label}")
+        job = TrainingJob(cfg, run_dir=run_dir, preset=self.preset)
+        while True:  # another job (e.g. started in the web app) holds the machine: wait in the queue
+            try:
+                job.start()
+                break
+            except JobBusy:
+                if self._stop.is_set():
+                    self.entries[i]["state"] = "skipped"
+                    return
+                time.sleep(1.0)
+        self.current = job
+        self.runs.append(job.run)
+        job.run.write_json("sweep.json", {"sweep": self.id, "index": i, "values": self.values[i], "grid": self.grid})
+        self.entries[i].update(run=job.run.id, state="training")
+        self._set("training")
+        if self._stop.is_set():  # stop() came between the check and the start
+            job.stop()
+        job.wait()
+        self.entries[i]["state"] = job.state
+        self.current = None
+
+    def _evaluate(self) -> None:
+        from .chat import ChatEngine
+        from .evaluate import evaluate_run
+
+        import torch
+
+        done = [r for r in self.runs if r.has_adapter and r.state in ("done", "stopped")]
+        if not done:
+            return
+        engine = ChatEngine(self.base.model, dtype=torch.float32)  # one base model for every run's adapter
+        for run in done:
+            if self._stop.is_set():
+                break
+            try:
+                self.results[run.id] = evaluate_run(run, engine=engine, probes=self.probes, settings=self.settings)
+            except Exception as e:  # noqa: BLE001 - one bad run must not hide the others' numbers
+                self.results[run.id] = {"error": f"{type(e).__name__}: {e}"}
+            self._save()
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        self._save()
+
+    # --- results ---
+    def comparison(self) -> list[dict]:
+        """One row per combination: swept values, run, state, training figures and held-out accuracies."""
+        rows = []
+        for entry in self.entries:
+            row = {**entry["values"], "run": entry["run"], "state": entry["state"]}
+            run = next((r for r in self.runs if r.id == entry["run"]), None)
+            if run is not None:
+                s = run.summary()
+                row.update(step=s["step"], seconds=round(s["seconds"] or 0, 1), loss=s["loss"], margins=s["margins"])
+                result = self.results.get(run.id) or run.read_json("eval.json") or {}
+                for key in ("baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift", "error"):
+                    if key in result:
+                        row[key] = result[key]
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "error": self.error,
+            "preset": self.preset,
+            "grid": self.grid,
+            "base": self.base.to_dict(),
+            "runs": [e["run"] for e in self.entries if e["run"]],
+            "entries": self.comparison(),
+            "started": getattr(self, "started", None),
+            "updated": time.time(),
+        }
+
+    def _save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path / "sweep.json", json.dumps(self.to_dict(), indent=2, default=str))
+
+
+def load_sweep(sweep_id: str) -> dict:
+    """A sweep's record (sweep.json), by id under STUDIO_HOME/sweeps or by folder path."""
+    path = Path(sweep_id)
+    if not (path / "sweep.json").is_file():
+        path = sweeps_root() / str(sweep_id)
+    if not (path / "sweep.json").is_file():
+        raise FileNotFoundError(f"No sweep {sweep_id!r} under {sweeps_root()}")
+    return json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+
+
+def list_sweeps() -> list[dict]:
+    root = sweeps_root()
+    found = [load_sweep(p) for p in root.iterdir() if (p / "sweep.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda s: s.get("started") or 0, reverse=True)
+
+
+def _new_sweep_id(preset: str | None) -> str:
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(preset or 'sweep')}"
+    sweep_id, n = base, 1
+    while (sweeps_root() / sweep_id).exists():
+        n += 1
+        sweep_id = f"{base}-{n}"
+    return sweep_id
+
+
+def _short(key: str) -> str:
+    return {"learning_rate": "lr", "per_device_train_batch_size": "bs", "num_train_epochs": "ep",
+            "gradient_accumulation_steps": "ga"}.get(key, key)
+
+
+def _value_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "sweep"

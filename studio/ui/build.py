@@ -1,0 +1,75 @@
+"""The DPO Studio web app: four tabs (Data, Train, Chat, Runs) over the headless engine.
+
+    from studio.ui import build_app, launch_options
+    demo = build_app()
+    demo.launch(**launch_options())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.config import studio_home
+from studio.export import exports_dir
+from studio.runs import mark_interrupted
+from studio.training import TrainingJob
+
+from . import memory
+from .chat_tab import ChatTab
+from .common import Services
+from .data_tab import DataTab
+from .runs_tab import RunsTab
+from .train_tab import TrainTab
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
+# Light events (timer ticks, refreshes) run without a limit; the chat has its own group of one.
+DEFAULT_CONCURRENCY = 4
+
+HEADER = """# DPO Studio
+Direct Preference Optimization with LoRA, on the embedded SmolLM2-135M-Instruct or your own model: check your
+preference data, train, watch the reward margins climb, and chat with the baseline and the tuned model side by side."""
+
+
+def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
+    # Runs left live by a server that died are marked interrupted; their files stay readable.
+    mark_interrupted()
+    memory.warm_up()
+    services = Services()  # owned by this app: the chat model and tokenizers it loads on demand
+    with gr.Blocks(title="DPO Studio", fill_width=True, analytics_enabled=False) as demo:
+        gr.Markdown(HEADER, elem_id="ds-header")
+        with gr.Tabs() as tabs:
+            data = DataTab(services)
+            train = TrainTab(default_preset)
+            chat = ChatTab(services)
+            runs = RunsTab()
+        data.connect(train)
+        chat.connect(train)
+        runs.connect(train)
+
+        def on_load():
+            out = train.on_load()
+            out[chat.run] = chat.refresh(None)
+            if TrainingJob.active() is not None:
+                out[tabs] = gr.Tabs(selected="train")  # a run is going: show it first
+            return out
+
+        demo.load(on_load, outputs=[*train.on_load_outputs(), chat.run, tabs], api_visibility="private",
+                  show_progress="hidden")
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+    return demo
+
+
+def launch_options() -> dict:
+    """Keyword arguments for `demo.launch()`: theme, CSS, and the folder adapter zips are served from."""
+    exports_dir().mkdir(parents=True, exist_ok=True)
+    return {
+        "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="teal"),
+        "css_paths": [ASSETS / "studio.css"],
+        "allowed_paths": [str(exports_dir())],
+        "footer_links": ["api", "gradio"],
+    }
+
+
+__all__ = ["build_app", "launch_options", "studio_home"]

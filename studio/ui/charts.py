@@ -1,0 +1,167 @@
+"""The plotly figures of the web app: live training curves, token-length histograms and run overlays.
+
+Figures are built from the metric rows exactly as TRL logs them (`loss`, `rewards/margins`, ... and the
+`eval_` forms), so a live run, a finished run folder and a run followed from another process chart the same.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+TRAIN, EVAL, SMOOTH = "#4f46e5", "#f59e0b", "#0f766e"
+CHOSEN, REJECTED = "#16a34a", "#dc2626"
+PALETTE = ("#4f46e5", "#f59e0b", "#16a34a", "#dc2626", "#0891b2", "#9333ea", "#ea580c", "#475569")
+SMOOTH_WINDOW = 10  # steps in the rolling mean of the reward accuracy
+
+ACCURACY_CAPTION = (
+    "Each step's accuracy is the share of that batch's pairs whose chosen reward beats the rejected one, "
+    "so with 2 pairs per step it can only be 0, 0.5 or 1; the smooth line is a "
+    f"{SMOOTH_WINDOW}-step rolling mean."
+)
+
+
+def split_rows(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Training log rows (they hold `loss`) and evaluation rows (`eval_loss`)."""
+    return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
+
+
+def rolling_mean(values: list[float], window: int = SMOOTH_WINDOW) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+WAITING = "waiting for the first logged step"
+
+
+def _figure(title: str, ytitle: str, empty_text: str | None, height: int = 260) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        title=dict(text=title, x=0.01, font=dict(size=14)),
+        template="plotly_white",
+        height=height,
+        margin=dict(l=50, r=12, t=40, b=36),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, font=dict(size=11)),
+        xaxis=dict(title="step", rangemode="tozero"),
+        yaxis=dict(title=ytitle),
+        uirevision="keep",  # a zoom the user set survives the live updates
+    )
+    if empty_text:
+        fig.add_annotation(text=empty_text, showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#94a3b8"))
+    return fig
+
+
+def _line(fig: go.Figure, rows: list[dict], key: str, name: str, color: str, markers: bool = True,
+          dash: str | None = None, **extra) -> None:
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    if not points:
+        return
+    x, y = zip(*points)
+    fig.add_scatter(x=list(x), y=list(y), name=name, mode="lines+markers" if markers else "lines",
+                    line=dict(color=color, width=2, dash=dash), marker=dict(size=5), **extra)
+
+
+def loss_figure(rows: list[dict]) -> go.Figure:
+    train, evals = split_rows(rows)
+    fig = _figure("DPO loss", "loss", None if train else WAITING)
+    _line(fig, train, "loss", "train", TRAIN)
+    _line(fig, evals, "eval_loss", "eval", EVAL, marker_symbol="diamond")
+    return fig
+
+
+def margins_figure(rows: list[dict]) -> go.Figure:
+    train, evals = split_rows(rows)
+    fig = _figure("Reward margin (chosen − rejected)", "margin", None if train else WAITING)
+    _line(fig, train, "rewards/margins", "train", TRAIN)
+    _line(fig, evals, "eval_rewards/margins", "eval", EVAL, marker_symbol="diamond")
+    return fig
+
+
+def accuracy_figure(rows: list[dict]) -> go.Figure:
+    train, evals = split_rows(rows)
+    fig = _figure("Reward accuracy", "accuracy", None if train else WAITING)
+    points = [(r["step"], r["rewards/accuracies"]) for r in train if r.get("rewards/accuracies") is not None]
+    if points:
+        x, y = (list(v) for v in zip(*points))
+        fig.add_scatter(x=x, y=y, name="per step", mode="markers", marker=dict(size=6, color=TRAIN, opacity=0.45))
+        fig.add_scatter(x=x, y=rolling_mean(y), name=f"{SMOOTH_WINDOW}-step mean", mode="lines",
+                        line=dict(color=SMOOTH, width=3))
+    _line(fig, evals, "eval_rewards/accuracies", "eval", EVAL, marker_symbol="diamond")
+    fig.update_yaxes(range=[-0.05, 1.05])
+    return fig
+
+
+def _legend_below(fig: go.Figure) -> go.Figure:
+    """Four traces do not fit beside the title: their legend goes under the plot."""
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0),
+                      margin=dict(b=8), height=300)
+    return fig
+
+
+def rewards_figure(rows: list[dict]) -> go.Figure:
+    train, evals = split_rows(rows)
+    fig = _figure("Implicit rewards: chosen vs rejected", "reward", None if train else WAITING)
+    _legend_below(fig)
+    _line(fig, train, "rewards/chosen", "chosen", CHOSEN)
+    _line(fig, train, "rewards/rejected", "rejected", REJECTED)
+    _line(fig, evals, "eval_rewards/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")
+    _line(fig, evals, "eval_rewards/rejected", "eval rejected", REJECTED, dash="dot", marker_symbol="diamond")
+    return fig
+
+
+def logps_figure(rows: list[dict]) -> go.Figure:
+    train, evals = split_rows(rows)
+    fig = _figure("Log-probabilities: chosen vs rejected", "log p", None if train else WAITING)
+    _legend_below(fig)
+    _line(fig, train, "logps/chosen", "chosen", CHOSEN)
+    _line(fig, train, "logps/rejected", "rejected", REJECTED)
+    _line(fig, evals, "eval_logps/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")
+    _line(fig, evals, "eval_logps/rejected", "eval rejected", REJECTED, dash="dot", marker_symbol="diamond")
+    return fig
+
+
+TRAINING_CHARTS = {
+    "loss": loss_figure,
+    "margins": margins_figure,
+    "accuracy": accuracy_figure,
+    "rewards": rewards_figure,
+    "logps": logps_figure,
+}
+
+
+def training_figures(rows: list[dict]) -> dict[str, go.Figure]:
+    return {name: make(rows) for name, make in TRAINING_CHARTS.items()}
+
+
+def token_histogram(lengths: dict[str, list[int]], max_length: int | None = None) -> go.Figure:
+    """Overlaid histograms of prompt / chosen / rejected token counts, with max_length marked on the pair lengths."""
+    fig = _figure("Token lengths per pair", "pairs", None if lengths.get("prompt") else "no token counts", height=300)
+    fig.update_xaxes(title="tokens", rangemode="tozero")
+    colors = {"prompt": TRAIN, "chosen": CHOSEN, "rejected": REJECTED, "pair": "#64748b"}
+    for part in ("prompt", "chosen", "rejected", "pair"):
+        values = lengths.get(part) or []
+        if values:
+            fig.add_histogram(x=values, name="prompt + longer answer" if part == "pair" else part, opacity=0.55,
+                              marker_color=colors[part], nbinsx=40, visible=True if part != "pair" else "legendonly")
+    fig.update_layout(barmode="overlay")
+    if max_length:
+        fig.add_vline(x=max_length, line=dict(color="#0f172a", dash="dash", width=1),
+                      annotation_text=f"max_length {max_length}", annotation_position="top left")
+    return fig
+
+
+def compare_figure(series: dict[str, list[dict]], key: str, title: str, ytitle: str) -> go.Figure:
+    """One line per run for a training metric, and its eval points, to compare runs."""
+    fig = _figure(title, ytitle, None if any(series.values()) else "select runs to compare", height=300)
+    for i, (run_id, rows) in enumerate(series.items()):
+        train, evals = split_rows(rows)
+        color = PALETTE[i % len(PALETTE)]
+        _line(fig, train, key, run_id, color, markers=len(train) < 60)
+        _line(fig, evals, f"eval_{key}", f"{run_id} (eval)", color, dash="dot", marker_symbol="diamond",
+              showlegend=False)
+    return fig

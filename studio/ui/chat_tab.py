@@ -1,0 +1,167 @@
+"""Chat tab: the SFT baseline (adapter off) and the DPO model (a run's adapter on), side by side.
+
+Both panes stream from one batched `generate` on one copy of the base weights (`studio.chat`), one
+generator yielding both panes each token. Each pane keeps its own history, so a conversation goes on
+over several turns in both. The model loads on the first message, not when the app starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from studio.chat import GenerationSettings
+from studio.config import load_preset, preset_names
+from studio.models import ModelError, display_name
+from studio.runs import LIVE_STATES, get_run, list_runs
+
+from .common import Services, user_message
+
+HANDBOOK_PROMPT = "Write a paragraph to introduce supervised fine-tuning."  # the LLM Engineer's Handbook's probe
+THINKING = "…"
+
+
+def run_choices() -> list[tuple[str, str]]:
+    """Runs that have a saved adapter and are not training, newest first, as (label, run id)."""
+    choices = []
+    for run in list_runs():
+        status = run.status()
+        if run.has_adapter and status.get("state") not in LIVE_STATES:
+            choices.append((f"{run.id} · {status.get('state')} · step {status.get('step')}", run.id))
+    return choices
+
+
+def sample_prompts() -> list[str]:
+    prompts = [HANDBOOK_PROMPT]
+    for name in preset_names():
+        for prompt in load_preset(name).card.get("sample_prompts") or []:
+            if prompt not in prompts:
+                prompts.append(prompt)
+    return prompts
+
+
+def text_of(content) -> str:
+    """A Chatbot message's content as plain text: Gradio 6 may hand back a list of typed blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("content") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(text_of(block) for block in content)
+    return "" if content is None else str(content)
+
+
+def as_messages(history) -> list[dict]:
+    """Chatbot history -> [{role, content}] for the chat template (placeholders and empty turns dropped)."""
+    messages = []
+    for item in history or []:
+        role = item.get("role") if isinstance(item, dict) else getattr(item, "role", None)
+        content = text_of(item.get("content") if isinstance(item, dict) else getattr(item, "content", ""))
+        if role in ("user", "assistant", "system") and content and content != THINKING:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+class ChatTab:
+    def __init__(self, services: Services):
+        self.services = services
+        with gr.Tab("Chat", id="chat") as self.tab:
+            with gr.Row(equal_height=True):
+                choices = run_choices()
+                self.run = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Run",
+                                       info="finished runs with a saved adapter, newest first", scale=5,
+                                       elem_id="chat-run")
+                self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
+            self.status = gr.Markdown("Pick a run and send a prompt: the base model loads on the first message.",
+                                      elem_id="chat-status", elem_classes="ds-caption")
+            with gr.Row(equal_height=True):
+                self.baseline = gr.Chatbot(label="SFT baseline (adapter off)", elem_id="chat-baseline", height=440,
+                                           feedback_options=None, buttons=["copy"])
+                self.tuned = gr.Chatbot(label="DPO (the run's adapter on)", elem_id="chat-tuned", height=440,
+                                        feedback_options=None, buttons=["copy"])
+            with gr.Row(equal_height=True):
+                self.input = gr.Textbox(placeholder="Ask both models…", show_label=False, scale=6, lines=1,
+                                        elem_id="chat-input", autofocus=False)
+                self.send_btn = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
+                self.clear_btn = gr.Button("Clear", scale=1, min_width=90, elem_id="chat-clear")
+            gr.Examples([[p] for p in sample_prompts()], inputs=self.input, label="Sample prompts (click one)")
+            with gr.Accordion("Generation settings", open=False):
+                with gr.Row():
+                    self.max_new_tokens = gr.Slider(16, 1024, value=200, step=8, label="Max new tokens",
+                                                    elem_id="chat-max-new-tokens")
+                    self.temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature", elem_id="chat-temperature",
+                                                 info="0 = greedy: both panes differ only by the adapter")
+                    self.top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="chat-top-p")
+        self._wire()
+
+    def _wire(self) -> None:
+        # One model, one generate at a time: a second chat waits in the queue. Its own concurrency group, so the
+        # training timer and the other tabs' events keep answering during a long answer.
+        answer = gr.on([self.send_btn.click, self.input.submit], self.send,
+                       inputs=[self.input, self.run, self.baseline, self.tuned, self.max_new_tokens, self.temperature,
+                               self.top_p],
+                       outputs=[self.input, self.baseline, self.tuned, self.status], api_name="chat",
+                       concurrency_limit=1, concurrency_id="chat", show_progress="hidden")
+        self.clear_btn.click(lambda: ([], [], ""), outputs=[self.baseline, self.tuned, self.status],
+                             api_name="clear_chat", concurrency_limit=None, cancels=[answer])
+        gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=self.run, outputs=self.run,
+              api_name="chat_runs", concurrency_limit=None, show_progress="hidden")
+        self.run.change(self.pane_label, inputs=self.run, outputs=self.tuned, api_visibility="private",
+                        show_progress="hidden")
+
+    def connect(self, train) -> None:
+        train.runs_changed.change(self.refresh, inputs=self.run, outputs=self.run, api_visibility="private",
+                                  show_progress="hidden", concurrency_limit=None)
+
+    # --- handlers ---
+    def refresh(self, current: str | None):
+        choices = run_choices()
+        ids = [run_id for _, run_id in choices]
+        return gr.Dropdown(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    def pane_label(self, run_id: str | None):
+        return gr.Chatbot(label=f"DPO · {run_id}" if run_id else "DPO (the run's adapter on)")
+
+    def send(self, message, run_id, baseline, tuned, max_new_tokens, temperature, top_p):
+        message = (message or "").strip()
+        if not message:
+            yield {self.status: gr.skip()}
+            return
+        if not run_id:
+            problem = "No run to chat with yet: train one in the Train tab (or pick one above)."
+            gr.Warning(problem)
+            yield {self.status: problem}
+            return
+        try:
+            run = get_run(run_id)
+            model = run.config().model
+        except Exception as e:  # noqa: BLE001 - a deleted or unreadable run folder
+            problem = user_message(e) or f"Cannot read run {run_id}: {e}"
+            gr.Warning(problem)
+            yield {self.status: problem}
+            return
+        user = {"role": "user", "content": message}
+        base_history, tuned_history = as_messages(baseline) + [user], as_messages(tuned) + [user]
+        loading = not self.services.chat.loaded(model)
+        yield {self.input: "", self.status: f"Loading {display_name(model)} (first chat only)…" if loading else "Answering…",
+               self.baseline: base_history + [{"role": "assistant", "content": THINKING}],
+               self.tuned: tuned_history + [{"role": "assistant", "content": THINKING}]}
+        started = time.time()
+        try:
+            engine = self.services.chat.get(model)
+            adapter = engine.attach_run(run)
+        except (ModelError, FileNotFoundError) as e:
+            yield {self.status: f"⚠️ {e}", self.baseline: base_history, self.tuned: tuned_history}
+            return
+        first_token, base_text, tuned_text = None, "", ""
+        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
+        for base_text, tuned_text in engine.stream_pair(base_history, tuned_history, adapter, settings):
+            first_token = first_token or time.time()
+            yield {self.baseline: base_history + [{"role": "assistant", "content": base_text or THINKING}],
+                   self.tuned: tuned_history + [{"role": "assistant", "content": tuned_text or THINKING}]}
+        took = time.time() - started
+        yield {self.baseline: base_history + [{"role": "assistant", "content": base_text}],
+               self.tuned: tuned_history + [{"role": "assistant", "content": tuned_text}],
+               self.status: f"Answered with run `{run.id}` in {took:.1f} s"
+                            + (f" (first token after {first_token - started:.1f} s)." if first_token else ".")}

@@ -1,0 +1,91 @@
+"""What the tabs share: the app's services (chat engines, tokenizers) and small formatting helpers.
+
+The UI keeps no state of its own that matters: a run lives in its folder and in the engine's
+`TrainingJob`; this object only caches what is slow to load (a tokenizer, a chat model).
+"""
+
+from __future__ import annotations
+
+import gc
+import html
+import threading
+import time
+
+from studio.config import ConfigError
+
+class ChatEngines:
+    """One `ChatEngine` for one base model at a time, loaded on first chat.
+
+    A run on another base model replaces the engine, so memory holds one copy of base weights.
+    """
+
+    def __init__(self):
+        self._engine = None
+        self._lock = threading.Lock()
+
+    def loaded(self, model_spec: str) -> bool:
+        engine = self._engine
+        return engine is not None and engine.model_spec == model_spec
+
+    def get(self, model_spec: str):
+        from studio.chat import ChatEngine
+
+        with self._lock:
+            if not self.loaded(model_spec):
+                self._engine = None
+                gc.collect()  # free the old base weights before loading the new ones
+                self._engine = ChatEngine(model_spec)
+            return self._engine
+
+
+class Services:
+    """Slow-to-load things the handlers share, owned by the app built around them."""
+
+    def __init__(self):
+        self.chat = ChatEngines()
+        self._tokenizers: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def tokenizer(self, model_spec: str):
+        from studio.models import load_tokenizer, resolve_model
+
+        with self._lock:
+            if model_spec not in self._tokenizers:
+                self._tokenizers[model_spec] = load_tokenizer(resolve_model(model_spec))
+            return self._tokenizers[model_spec]
+
+
+def user_message(error: BaseException) -> str | None:
+    """The message of an error meant for users (engine errors say what to do); None for a bug."""
+    from studio.data import DataError
+    from studio.models import ModelError
+    from studio.training import JobBusy
+
+    if isinstance(error, (ConfigError, DataError, ModelError, JobBusy, FileNotFoundError)):
+        return str(error)
+    return None
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else ""
+
+
+def escape(text: str) -> str:
+    return html.escape(str(text))
+
+
+def number(value, digits: int = 4):
+    """A metric rounded for a table cell (None stays empty)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    return value

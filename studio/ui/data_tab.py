@@ -1,0 +1,229 @@
+"""Data tab: check a preference file (or hub dataset) with the engine and make it the Train tab's data.
+
+The report is `studio.data.load_preferences`, the same call as `python -m studio data check`: detected
+layout, counts, dropped rows with their row numbers and reasons, token lengths. When the layout is
+unknown, the engine's message is shown with column-mapping dropdowns filled from the file's columns.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.config import studio_home
+from studio.data import Columns, DataError, load_preferences, peek, token_lengths
+from studio.models import ModelError, display_name
+
+from . import charts
+from .common import Services, escape
+
+PREVIEW_PAIRS = 6
+FILE_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".parquet"]
+PARTS = ("prompt", "chosen", "rejected", "system")
+
+PREVIEW_CSS = """
+.ds-pair { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 8px; margin-bottom: 10px; }
+.ds-cell { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px;
+  font-size: 13px; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 220px; overflow: auto; }
+.ds-cell h4 { margin: 0 0 4px 0; font-size: 11px; text-transform: uppercase; letter-spacing: .05em; }
+.ds-prompt h4 { color: #4338ca; } .ds-chosen { background: rgba(22, 163, 74, .06); } .ds-chosen h4 { color: #15803d; }
+.ds-rejected { background: rgba(220, 38, 38, .05); } .ds-rejected h4 { color: #b91c1c; }
+.ds-role { color: var(--body-text-color-subdued); font-weight: 600; }
+"""
+
+
+def uploads_dir() -> Path:
+    return studio_home() / "uploads"
+
+
+def keep_upload(temp_path: str) -> Path:
+    """Copy an upload out of Gradio's temporary cache, so runs can point at a path that stays."""
+    source = Path(temp_path)
+    target = uploads_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{source.name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def summary_markdown(report: dict, checked_with: str, note: str = "") -> str:
+    dropped = report["dropped"]
+    lines = [
+        f"### {Path(report['source']).name or report['source']}",
+        f"**Format:** {report['format']} · **Layout:** {report['layout']}",
+        "| rows read | usable pairs | dropped |\n| ---: | ---: | ---: |\n"
+        f"| {report['rows']} | {report['pairs']} | {len(dropped)} |",
+    ]
+    tokens = report.get("tokens")
+    if tokens:
+        table = ["| tokens | min | mean | p95 | max |", "| --- | ---: | ---: | ---: | ---: |"]
+        labels = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "pair": "prompt + longer answer"}
+        for part, s in tokens.items():
+            table.append(f"| {labels.get(part, part)} | {s['min']} | {s['mean']} | {s['p95']} | {s['max']} |")
+        lines.append("\n".join(table))
+    lines.append(f"<span class='ds-muted'>{checked_with}</span>")
+    if note:
+        lines.append(note)
+    return "\n\n".join(lines)
+
+
+def _message_text(message: dict) -> str:
+    return f"{message['role']}: {message['content']}"
+
+
+def preview_html(pairs: list[dict], limit: int = PREVIEW_PAIRS) -> str:
+    cards = []
+    for number, pair in enumerate(pairs[:limit], 1):
+        if len(pair["prompt"]) == 1:
+            prompt = escape(pair["prompt"][0]["content"])
+        else:  # a system message or earlier turns: show who says what
+            prompt = "\n".join(f"<span class='ds-role'>{escape(m['role'])}:</span> {escape(m['content'])}"
+                               for m in pair["prompt"])
+        cards.append(
+            '<div class="ds-pair">'
+            f'<div class="ds-cell ds-prompt"><h4>prompt · pair {number}</h4>{prompt}</div>'
+            f'<div class="ds-cell ds-chosen"><h4>chosen</h4>{escape(pair["chosen"][-1]["content"])}</div>'
+            f'<div class="ds-cell ds-rejected"><h4>rejected</h4>{escape(pair["rejected"][-1]["content"])}</div>'
+            "</div>")
+    more = f"<p class='ds-muted'>First {min(limit, len(pairs))} of {len(pairs)} pairs.</p>" if pairs else ""
+    return "".join(cards) + more
+
+
+def raw_rows(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    def cell(value) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 160 else text[:157] + "…"
+
+    return pd.DataFrame([[cell(row.get(c)) for c in columns] for row in rows], columns=columns)
+
+
+class DataTab:
+    def __init__(self, services: Services):
+        self.services = services
+        with gr.Tab("Data", id="data") as self.tab:
+            gr.Markdown("Check a preference data set before training: the layout found, the rows that cannot be "
+                        "used and why, token lengths, and the pairs themselves. A checked file becomes the Train "
+                        "tab's data.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=280):
+                    self.upload = gr.File(label="Preference file: JSONL, JSON, CSV or Parquet", file_types=FILE_TYPES,
+                                          type="filepath", elem_id="data-upload", height=170)
+                    with gr.Row():
+                        self.hub_id = gr.Textbox(label="…or a hub dataset id", placeholder="owner/name", scale=3)
+                        self.hub_check = gr.Button("Check", scale=1, min_width=80)
+                    self.check_train = gr.Button("Check the Train tab's data", size="sm")
+                with gr.Column(scale=3):
+                    self.summary = gr.Markdown("Upload a file to see its report.", elem_id="data-summary")
+            with gr.Group(visible=False) as self.mapping_box:
+                gr.Markdown("**Map the columns.** The layout was not recognised: say which column holds what.",
+                            elem_classes="ds-pad")
+                with gr.Row():
+                    self.mapping = {part: gr.Dropdown([], value=None, label=f"{part} column", allow_custom_value=False)
+                                    for part in PARTS}
+                self.map_check = gr.Button("Check with this mapping", variant="primary")
+                self.raw = gr.Dataframe(label="First rows as read", interactive=False, wrap=True, max_height=300)
+            with gr.Row(equal_height=False):
+                self.histogram = gr.Plot(charts.token_histogram({}), show_label=False, elem_id="data-histogram")
+                self.dropped = gr.Dataframe(pd.DataFrame(columns=["row", "reason"]), label="Dropped rows",
+                                            interactive=False, wrap=True, max_height=300, elem_id="data-dropped")
+            gr.Markdown("#### Pairs")
+            self.preview = gr.HTML("", css_template=PREVIEW_CSS, js_on_load=None, elem_id="data-preview")
+            self.source = gr.State(None)  # what was last checked: a path under STUDIO_HOME/uploads or a hub id
+
+    def connect(self, train) -> None:
+        """Wire to the Train tab: its model and max_length shape the check; a good check fills its data fields."""
+        f = train.fields
+        self.train_fields = {name: f[name] for name in ("data", "eval_data", *(f"{p}_col" for p in PARTS))}
+        outputs = [self.summary, self.mapping_box, *self.mapping.values(), self.raw, self.histogram, self.dropped,
+                   self.preview, self.source, *self.train_fields.values()]
+        context = {"model": f["model"], "max_length": f["max_length"]}
+        self.upload.upload(self.check_upload, inputs_kwargs={"file": self.upload, **context}, outputs=outputs,
+                           api_name="check_upload")
+        gr.on([self.hub_check.click, self.hub_id.submit], self.check_hub,
+              inputs_kwargs={"dataset_id": self.hub_id, **context}, outputs=outputs, api_name="check_hub")
+        self.map_check.click(self.check_mapped, inputs_kwargs={"source": self.source, **context,
+                                                               **{p: self.mapping[p] for p in PARTS}},
+                             outputs=outputs, api_name="check_mapping")
+        self.check_train.click(self.check_train_data, inputs_kwargs={"data": f["data"], **context,
+                                                                     **{f"{p}_col": f[f"{p}_col"] for p in PARTS}},
+                               outputs=outputs, api_name="check_train_data")
+
+    # --- handlers ---
+    def check_upload(self, file: str | None, model: str, max_length) -> dict:
+        if not file:
+            return {self.summary: gr.skip()}
+        return self.check(str(keep_upload(file)), Columns(), model, max_length, fresh=True)
+
+    def check_hub(self, dataset_id: str, model: str, max_length) -> dict:
+        if not (dataset_id or "").strip():
+            gr.Warning("Type a hub dataset id such as owner/name.")
+            return {self.summary: gr.skip()}
+        return self.check(dataset_id.strip(), Columns(), model, max_length, fresh=True)
+
+    def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system) -> dict:
+        if not source:
+            gr.Warning("Upload a file first.")
+            return {self.summary: gr.skip()}
+        return self.check(source, Columns(prompt or None, chosen or None, rejected or None, system or None),
+                          model, max_length, fresh=True)
+
+    def check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
+                         system_col) -> dict:
+        if not (data or "").strip():
+            gr.Warning("The Train tab has no data set yet.")
+            return {self.summary: gr.skip()}
+        columns = Columns(prompt_col or None, chosen_col or None, rejected_col or None, system_col or None)
+        return self.check(data.strip(), columns, model, max_length, fresh=False)
+
+    def check(self, source: str, columns: Columns, model: str, max_length, fresh: bool) -> dict:
+        """The engine's report for `source`; on success it becomes the Train tab's data."""
+        max_length = int(max_length) if max_length else None
+        tokenizer, checked_with = self._tokenizer(model, max_length)
+        try:
+            data = load_preferences(source, columns, tokenizer=tokenizer, max_length=max_length if tokenizer else None)
+        except DataError as e:
+            return self._unknown(source, str(e))
+        report = data.report.to_dict()
+        lengths = token_lengths(data.pairs, tokenizer) if tokenizer is not None else {}
+        note = ("**This is now the training data in the Train tab** (held out: the eval fraction)." if fresh
+                else "This is the Train tab's data.")
+        out = {
+            self.summary: summary_markdown(report, checked_with, note),
+            self.mapping_box: gr.Group(visible=columns.given()),
+            self.raw: gr.skip(),
+            self.histogram: charts.token_histogram(lengths, max_length),
+            self.dropped: pd.DataFrame(report["dropped"], columns=["row", "reason"]),
+            self.preview: preview_html(data.pairs),
+            self.source: source,
+        }
+        if fresh:
+            out.update({self.train_fields["data"]: source, self.train_fields["eval_data"]: ""})
+            out.update({self.train_fields[f"{p}_col"]: getattr(columns, p) or "" for p in PARTS})
+        return out
+
+    def _unknown(self, source: str, message: str) -> dict:
+        """The engine's message, and dropdowns of the columns found when the file itself could be read."""
+        try:
+            columns, rows = peek(source)
+        except (DataError, OSError):
+            columns, rows = [], []
+        out = {self.summary: f"### Cannot use {escape(Path(source).name or source)}\n\n⚠️ {message}",
+               self.source: source, self.histogram: charts.token_histogram({}), self.preview: "",
+               self.dropped: pd.DataFrame(columns=["row", "reason"]), self.mapping_box: gr.Group(visible=bool(columns))}
+        if columns:
+            out.update({self.mapping[p]: gr.Dropdown(choices=[("(none)", "")] + columns, value="") for p in PARTS})
+            out[self.raw] = raw_rows(rows, columns)
+        return out
+
+    def _tokenizer(self, model: str, max_length: int | None):
+        model = model or "embedded"
+        try:
+            tokenizer = self.services.tokenizer(model)
+        except ModelError as e:
+            return None, f"Token lengths skipped: {e}"
+        limit = f", max_length {max_length} (prompts reaching it are dropped, as the trainer would)" if max_length else ""
+        return tokenizer, f"Tokens counted with the tokenizer of {display_name(model)}{limit}."
