@@ -8,6 +8,7 @@ apt-get install chromium). Training is real: the embedded SmolLM2-135M on CPU, 4
 import json
 import re
 import socket
+import statistics
 import time
 from pathlib import Path
 
@@ -144,12 +145,15 @@ def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
     # confirmation (a server round trip), and Cancel keeps the run.
     open_tab(page, "Runs")
     expect(page.locator("#runs-table")).to_contain_text(run_dir.name, timeout=10_000)
-    t0 = time.time()
-    page.locator("#runs-delete").click()
-    expect(page.locator("#runs-delete-confirm")).to_be_visible(timeout=10_000)
-    timings["page action while training"] = time.time() - t0
-    page.get_by_role("button", name="Cancel").click()
-    expect(page.locator("#runs-delete-confirm")).to_be_hidden()
+    answers = []
+    for _ in range(3):
+        t0 = time.time()
+        page.locator("#runs-delete").click()
+        expect(page.locator("#runs-delete-confirm")).to_be_visible(timeout=10_000)
+        answers.append(time.time() - t0)
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.locator("#runs-delete-confirm")).to_be_hidden()
+    timings["page action while training (median of 3)"] = statistics.median(answers)
     assert run_dir.is_dir()
 
     # Trainer-to-chart latency for the points seen so far.
@@ -162,9 +166,7 @@ def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
     # Reload: the page finds the run (live or just finished) with its whole history.
     live = TrainingJob.active() is not None
     page.reload()
-    page.wait_for_selector("#data-upload")
-    if not page.locator("#train-status").is_visible():  # the page opens on Train only while a run is live
-        open_tab(page, "Train")
+    open_tab(page, "Train")  # (a page loaded while a run is live opens on Train by itself)
     print(f"\nreloaded while the run was {'live' if live else 'already finished'}")
     expect(page.locator("#train-status")).to_contain_text(run_dir.name, timeout=30_000)
     wait_points(page, "loss-chart", 2, timeout_ms=30_000)
@@ -186,4 +188,4 @@ def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
         expect(bot).to_have_text(re.compile(r"\w{2,}"))  # words, not the "…" placeholder
     print("browser timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     # The targets are 2 s and 1 s; the bounds leave room for a loaded CI runner.
-    assert timings["metric-to-chart latency (max)"] < 5 and timings["page action while training"] < 5
+    assert timings["metric-to-chart latency (max)"] < 5 and timings["page action while training (median of 3)"] < 5

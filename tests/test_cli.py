@@ -166,13 +166,13 @@ def test_sweep_refuses_bad_grids_with_exit_2(cli_home, grid, words):
 
 
 def test_sweep_runs_the_grid_and_prints_the_comparison(cli_home, prompts_file):
-    done = studio(cli_home, "sweep", "--preset", "cpu-quickstart", "--grid", "beta=0.1,0.5", "--max-steps", 1,
+    done = studio(cli_home, "sweep", "--preset", "cpu-quickstart", "--grid", "beta=0.3", "--max-steps", 1,
                   "--set", "max_length=48", "--set", "eval_steps=0", "--set", "lora_target_modules=q_proj,v_proj",
                   "--set", "eval_data=none", "--set", "eval_fraction=0.05",
                   "--prompts", prompts_file, "--max-new-tokens", 4, "--json", "--quiet")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["state"] == "done" and [r["beta"] for r in result["runs"]] == [0.1, 0.5]
+    assert result["state"] == "done" and [r["beta"] for r in result["runs"]] == [0.3]
     assert all(r["state"] == "done" and r["tuned_accuracy"] is not None for r in result["runs"])
     assert [c["name"] for c in result["grid"]["columns"]] == ["SFT baseline"] + [r["run"] for r in result["runs"]]
     assert (cli_home / "sweeps" / result["sweep"] / "sweep.json").is_file()

@@ -10,29 +10,27 @@ import gradio as gr
 import pandas as pd
 
 from studio.export import zip_adapter
-from studio.models import display_name
 from studio.runs import delete_run, get_run, list_runs
 
 from . import charts
 from .common import duration, number, user_message, when
 
-COLUMNS = {  # Run.summary() key -> column header (and its width in the table)
-    "run": "run", "preset": "preset", "state": "state", "model": "model", "method": "method", "beta": "beta",
-    "learning_rate": "lr", "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy",
-    "eval_loss": "eval loss", "eval_margins": "eval margin", "started": "started", "seconds": "time",
+COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
+    "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
+    "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy", "eval_margins": "eval margin",
+    "started": "started", "seconds": "time",
 }
-WIDTHS = ["230px", "120px", "95px", "230px", "80px", "70px", "85px", "70px", "80px", "80px", "90px", "90px",
-          "100px", "150px", "75px"]
+WIDTHS = ["275px", "135px", "85px", "150px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
 
 
 def runs_frame() -> pd.DataFrame:
     rows = []
     for run in list_runs():
         s = run.summary()
-        s["model"] = display_name(s["model"]) if s.get("model") else ""
-        s["started"] = when(s.get("started"))
+        s["model"] = f"{s.get('model')} · {s.get('method')}"
+        s["started"] = when(s.get("started"), "%m-%d %H:%M")
         s["seconds"] = duration(s.get("seconds")) if s.get("seconds") is not None else ""
-        for key in ("beta", "learning_rate", "loss", "margins", "accuracy", "eval_loss", "eval_margins"):
+        for key in ("beta", "learning_rate", "loss", "margins", "accuracy", "eval_margins"):
             s[key] = number(s.get(key))
         rows.append([s.get(key) for key in COLUMNS])
     return pd.DataFrame(rows, columns=list(COLUMNS.values()))
