@@ -29,8 +29,9 @@ def studio(home: Path, *args, timeout=600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained_run(cli_home, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("runs") / "quick"
+    # A 5% split of the training file (8 pairs) as the held-out set keeps the evaluations short.
     done = studio(cli_home, "train", "--preset", "cpu-quickstart", "--max-steps", 2, "--set", "max_length=64",
-                  "--set", "eval_steps=0", "--out", out, "--quiet")
+                  "--set", "eval_steps=0", "--set", "eval_data=none", "--set", "eval_fraction=0.05", "--out", out, "--quiet")
     return out, done
 
 
@@ -103,7 +104,8 @@ def test_eval_prints_the_accuracies_as_json_and_saves_them(trained_run, cli_home
     result = json.loads(done.stdout)
     for key in ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift"):
         assert key in result, key
-    assert result["pairs"] == 40 and result["data"]["source"].endswith("twin-style.eval.jsonl")  # the run's eval_data
+    assert result["pairs"] == 8 == json.loads((out / "data.json").read_text())["eval_pairs"]  # the run's own held-out split
+    assert result["data"]["source"].endswith("twin-style.jsonl") and "held out" in result["data"]["split"]
     assert 0 <= result["tuned_accuracy"] <= 1 and 0 <= result["baseline_accuracy"] <= 1
     assert json.loads((out / "eval.json").read_text())["tuned_accuracy"] == result["tuned_accuracy"]
 

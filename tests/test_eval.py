@@ -102,6 +102,17 @@ def untrained_eval(untrained, engine, style_pairs):
     return evaluate_run(untrained, data=str(style_pairs), engine=engine, probes=PROBES[:1], settings=SHORT)
 
 
+def test_a_runs_eval_data_file_is_its_held_out_set(untrained, engine, style_pairs):
+    run = untrained
+    cfg = run.config()
+    run.write_config(cfg.replace(eval_data=str(style_pairs)), preset="test")
+    try:
+        r = evaluate_run(run, engine=engine, probes=[], save=False)
+    finally:
+        run.write_config(cfg, preset="test")
+    assert r["pairs"] == 12 and r["data"] == {"source": str(style_pairs), "split": "eval_data file"}
+
+
 def test_an_unchanged_adapter_scores_exactly_like_the_baseline(untrained_eval):
     r = untrained_eval
     assert r["tuned_accuracy"] == r["baseline_accuracy"]
