@@ -244,12 +244,12 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_run, probe_settings, read_prompts
+    from .evaluate import evaluate_run, read_prompts
     from .runs import get_run
 
     run = get_run(args.run)
     probes = read_prompts(args.prompts) if args.prompts else None
-    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    settings = _probe_settings(args.max_new_tokens)
     print(f"evaluating {run.id}…", file=sys.stderr)
     result = evaluate_run(run, data=args.data, probes=probes, settings=settings)
     if args.json:
@@ -269,8 +269,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    import torch  # noqa: F401 - loads before the engine, keeps the message order tidy
-
     from .chat import ChatEngine, GenerationSettings
     from .runs import get_run
 
@@ -297,12 +295,12 @@ def cmd_chat(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluate import default_probes, probe_grid, probe_settings, read_prompts
+    from .evaluate import default_probes, probe_grid, read_prompts
     from .runs import get_run
 
     runs = [get_run(r) for r in args.runs]
     prompts = read_prompts(args.prompts) if args.prompts else default_probes(runs[0])
-    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    settings = _probe_settings(args.max_new_tokens)
     print(f"answering {len(prompts)} prompts with the SFT baseline and {len(runs)} run(s)…", file=sys.stderr)
     grid = probe_grid(runs, prompts, settings=settings)
     evals = {r.id: _eval_row(r.read_json("eval.json")) for r in runs if r.read_json("eval.json")}
@@ -331,12 +329,12 @@ def cmd_sweep(args) -> int:
     if not args.grid:
         raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
     grid = parse_grid(args.grid)
-    from .evaluate import probe_settings, read_prompts
+    from .evaluate import read_prompts
     from .runs import mark_interrupted
 
     probes = read_prompts(args.prompts) if args.prompts else None
     mark_interrupted()
-    settings = probe_settings(args.max_new_tokens) if args.max_new_tokens else None
+    settings = _probe_settings(args.max_new_tokens)
     sweep = Sweep(cfg, grid, preset=preset.name, evaluate=not args.no_eval, probes=probes, settings=settings)
     total = len(sweep.configs())
     print(f"sweep {sweep.id}: {total} runs ({' x '.join(f'{k} {v}' for k, v in sweep.grid.items())})", file=sys.stderr)
@@ -369,6 +367,16 @@ def cmd_sweep(args) -> int:
     if sweep.state == "stopped":
         return 130
     return 1 if sweep.state == "failed" else 0
+
+
+def _probe_settings(max_new_tokens: int | None):
+    from .evaluate import probe_settings
+
+    if max_new_tokens is None:
+        return None
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    return probe_settings(max_new_tokens)
 
 
 def _follow_sweep(sweep, total: int, quiet: bool) -> None:
