@@ -1,11 +1,11 @@
 """Screenshots of each tab of the web app, from a real run, and the UI timings measured on the way.
 
-    python assets/make_screenshots.py                       # writes assets/screenshot-{data,train,chat,runs}.png
+    python assets/make_screenshots.py                       # writes assets/screenshot-{data,train,chat,runs,compare}.png
     python assets/make_screenshots.py --steps 20 --model-cache studio_home/models
 
 Needs playwright (pip install -r requirements-dev.txt) and a chromium at /usr/bin/chromium. It runs the
 app in this process on a fresh STUDIO_HOME (the model cache is reused when --model-cache names one),
-trains on presets/data/twin-style.jsonl, chats with the result, and prints:
+trains on presets/data/twin-style.jsonl, chats with the result, runs a two-run sweep, and prints:
   - metric-to-chart latency: from the trainer logging a step (metrics.jsonl "time") to its point being on
     the loss chart in the browser;
   - page-action latency while training: a click on "Delete run…" until the server's confirmation box shows.
@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 DATA = ROOT / "presets" / "data" / "twin-style.jsonl"
+PROBES = ["Write a paragraph to introduce supervised fine-tuning.", "How should I start learning to cook?",
+          "Any tips for writing a cover letter?"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WATCH_LOSS_JS = """() => {
@@ -138,6 +140,19 @@ def main(argv: list[str] | None = None) -> int:
             expect(page.locator("#runs-table")).to_contain_text("done")
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "screenshot-runs.png"), full_page=True)
+
+            # Compare: a two-run learning-rate sweep (5e-5 and 2e-4, the tab's default values) with the
+            # Train tab's settings, a short probe grid, then the comparison it opens.
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-prompts textarea").fill("\n".join(PROBES))
+            set_number(page, "compare-max-new-tokens", 48)
+            t0 = time.time()
+            page.locator("#sweep-start").click()
+            expect(page.locator("#sweep-status")).to_contain_text("done", ignore_case=True, timeout=3_600_000)
+            expect(page.locator("#compare-grid")).to_contain_text("SFT baseline", timeout=120_000)
+            timings["two-run sweep incl. evaluation and grid (s)"] = round(time.time() - t0, 1)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "screenshot-compare.png"), full_page=True)
             browser.close()
     finally:
         demo.close()

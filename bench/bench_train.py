@@ -1,10 +1,16 @@
 """Seconds per DPO step: the engine's TrainingJob against a bare TRL DPOTrainer script, same process.
 
-Both train the embedded SmolLM2-135M with the same LoRA, data and DPO settings (fp32, no
-gradient checkpointing: the CPU defaults), alternating bare/engine so drift in machine load hits
-both. Then the cold start: from `python -m studio train` process start to the first logged step.
+All three train the embedded SmolLM2-135M with the same LoRA, data and DPO settings (fp32, no
+gradient checkpointing: the CPU defaults):
+  - bare:        a hand-written TRL script, in the main thread (what a notebook does);
+  - bare-thread: the same script in a background thread (what any app that trains must do);
+  - engine:      studio's TrainingJob (a background thread, live metrics, run folder).
+The order rotates each round so drift in machine load hits all three. Then, each in a fresh process
+(as a user runs them): the bare script against `python -m studio train` with the same settings. Last,
+the cold start: from `python -m studio train` process start to the first logged step.
 
-    python bench/bench_train.py [--steps 12] [--rounds 2]
+    python bench/bench_train.py [--steps 12] [--rounds 3]
+    python bench/bench_train.py --only bare --steps 12    # one bare run in this process; prints s/step
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +82,14 @@ def bare_trl(steps: int, home: Path) -> float:
     return per_step(stamps)
 
 
+def in_thread(fn, *args):
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
 def engine(steps: int, home: Path) -> float:
     from studio.training import TrainingJob
 
@@ -82,6 +97,36 @@ def engine(steps: int, home: Path) -> float:
     job.wait()
     assert job.state == "done", job.error
     return per_step([m["time"] for m in job.metrics.since(0) if "loss" in m])
+
+
+def cli_overrides() -> list[str]:
+    cfg = settings(1)
+    keys = ("eval_fraction", "max_length", "per_device_train_batch_size", "learning_rate", "beta", "lora_r",
+            "lora_alpha", "save_steps", "warmup_steps", "lora_dropout", "seed", "lr_scheduler_type")
+    return [arg for k in keys for arg in ("--set", f"{k}={getattr(cfg, k)}")] + ["--set", "eval_data=none"]
+
+
+def fresh_processes(steps: int, home: Path, rounds: int) -> dict:
+    """The bare script and `python -m studio train`, each in its own new process, alternating."""
+    env = {**os.environ, "STUDIO_HOME": str(home)}
+    bare, cli = [], []
+    for r in range(rounds):
+        for name in (("bare", "cli") if r % 2 == 0 else ("cli", "bare")):
+            if name == "bare":
+                out = subprocess.run([sys.executable, __file__, "--only", "bare", "--steps", str(steps)], env=env,
+                                     capture_output=True, text=True, check=True).stdout
+                bare.append(float(out.strip().splitlines()[-1]))
+            else:
+                run_dir = home / f"cli-{time.time_ns()}"
+                subprocess.run([sys.executable, "-m", "studio", "train", "--preset", "cpu-quickstart", "--data",
+                                str(DATA), *cli_overrides(), "--max-steps", str(steps), "--out", str(run_dir),
+                                "--quiet"], cwd=ROOT, env=env, capture_output=True, check=True)
+                rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                cli.append(per_step([row["time"] for row in rows if "loss" in row]))
+        print(f"fresh processes, round {r + 1}: bare {bare[-1]:.3f} s/step, cli {cli[-1]:.3f} s/step", flush=True)
+    return {"process_bare_s_per_step": round(statistics.median(bare), 3),
+            "process_cli_s_per_step": round(statistics.median(cli), 3),
+            "process_cli_over_bare": round(statistics.median(cli) / statistics.median(bare), 3)}
 
 
 def cold_start(home: Path) -> dict:
@@ -106,8 +151,12 @@ def cold_start(home: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["bare"], help="one bare run in this process (used by the fresh-process rounds)")
     args = parser.parse_args()
+    if args.only:
+        print(bare_trl(args.steps, Path(os.environ.get("STUDIO_HOME", tempfile.mkdtemp()))))
+        return
 
     import torch
     from studio.config import studio_home
@@ -118,17 +167,24 @@ def main() -> None:
         home = Path(tmp)
         (home / "models").symlink_to(studio_home() / "models", target_is_directory=True)
         os.environ["STUDIO_HOME"] = str(home)
-        bare, ours = [], []
+        times = {"bare": [], "bare-thread": [], "engine": []}
+        runners = {"bare": lambda: bare_trl(args.steps, home), "bare-thread": lambda: in_thread(bare_trl, args.steps, home),
+                   "engine": lambda: engine(args.steps, home)}
+        names = list(runners)
         for r in range(args.rounds):
-            bare.append(bare_trl(args.steps, home))
-            ours.append(engine(args.steps, home))
-            print(f"round {r + 1}: bare {bare[-1]:.3f} s/step, engine {ours[-1]:.3f} s/step", flush=True)
+            for name in names[r % 3:] + names[:r % 3]:
+                times[name].append(runners[name]())
+            print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1]:.3f} s/step" for n, t in times.items()), flush=True)
+        processes = fresh_processes(args.steps, home, args.rounds)
         cold = cold_start(home)
+    med = {name: statistics.median(t) for name, t in times.items()}
     result = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "steps": args.steps, "rounds": args.rounds,
-        "bare_s_per_step": statistics.median(bare), "engine_s_per_step": statistics.median(ours),
-        "engine_over_bare": statistics.median(ours) / statistics.median(bare), **cold,
+        **{f"{name}_s_per_step": round(v, 3) for name, v in med.items()},
+        "engine_over_bare": round(med["engine"] / med["bare"], 3),
+        "engine_over_bare_thread": round(med["engine"] / med["bare-thread"], 3),
+        "bare_thread_over_bare": round(med["bare-thread"] / med["bare"], 3), **processes, **cold,
     }
     print(json.dumps(result, indent=2))
     out = ROOT / "bench" / "results"

@@ -345,16 +345,7 @@ def cmd_sweep(args) -> int:
         print("\nstopping the sweep: the current run saves its adapter, the rest are skipped…", file=sys.stderr)
         sweep.stop()
         sweep.wait()
-    rows = sweep.comparison()
-    grid = None
-    if sweep.state == "done" and not args.no_eval:
-        from .evaluate import default_probes, probe_grid
-
-        finished = [r for r in sweep.runs if r.has_adapter]
-        if finished:
-            prompts = probes or default_probes(finished[0])
-            print("probe grid…", file=sys.stderr)
-            grid = probe_grid(finished, prompts, settings=settings)
+    rows, grid = sweep.comparison(), sweep.probe_grid
     if args.json:
         print(json.dumps({"sweep": sweep.id, "state": sweep.state, "error": sweep.error, "folder": str(sweep.path),
                           "runs": rows, "grid": grid}, indent=2, default=str))
@@ -364,6 +355,7 @@ def cmd_sweep(args) -> int:
         if grid is not None:
             print()
             print(_grid_text(grid))
+            print(f"probe grid: {sweep.path / 'grid.md'}", file=sys.stderr)
     if sweep.state == "stopped":
         return 130
     return 1 if sweep.state == "failed" else 0
@@ -398,11 +390,10 @@ def _follow_sweep(sweep, total: int, quiet: bool) -> None:
 
 # --- text output ------------------------------------------------------------------------------
 
-_EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift")
-
-
 def _eval_row(result: dict | None) -> dict:
-    return {k: result.get(k) for k in _EVAL_KEYS} if result else {}
+    from .evaluate import EVAL_KEYS
+
+    return {k: result.get(k) for k in EVAL_KEYS} if result else {}
 
 
 def _table(rows: list[dict]) -> str:

@@ -400,7 +400,41 @@ MEASURE_LABELS = {
 }
 
 
+# --- one row per run ---------------------------------------------------------------------------
+
+EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift")
+
+
+def result_row(run: Run, result: dict | None = None) -> dict:
+    """A run as one row of an accuracy table: swept values, state, training figures, held-out numbers.
+
+    `result` defaults to the run's eval.json; the keys of a missing evaluation are left out.
+    """
+    s = run.summary()
+    swept = (run.read_json("sweep.json") or {}).get("values", {})
+    row = {"run": run.id, **swept, "state": s["state"], "step": s["step"],
+           "seconds": round(s["seconds"], 1) if s["seconds"] is not None else None,
+           "loss": s["loss"], "margins": s["margins"]}
+    result = result if result is not None else run.read_json("eval.json") or {}
+    row.update({k: result[k] for k in (*EVAL_KEYS, "error") if k in result})
+    return row
+
+
 # --- export -----------------------------------------------------------------------------------
+
+
+def save_grid(grid: dict, folder: str | Path, name: str = "grid") -> dict[str, Path]:
+    """The grid as <name>.json (to show it again), .csv and .md (to share it) in `folder`."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv", "markdown": folder / f"{name}.md"}
+    paths["json"].write_text(json.dumps(grid, indent=2), encoding="utf-8")
+    paths["csv"].write_text(grid_to_csv(grid), encoding="utf-8")
+    paths["markdown"].write_text(grid_to_markdown(grid), encoding="utf-8")
+    return paths
+
 
 
 def grid_to_csv(grid: dict) -> str:

@@ -4,10 +4,12 @@
                   preset="twin-style-cpu").start()
     sweep.wait()                      # or sweep.stop(): ends the current run (its adapter is saved), skips the rest
     sweep.comparison()                # one row per run: swept values, state, loss, held-out accuracies
+    sweep.probe_grid                  # SFT baseline + every finished run on the same probes (also grid.md/.csv)
 
 Each run is a normal run folder under STUDIO_HOME/runs/ (the web app and `python -m studio eval`
 read it like any other) with a sweep.json naming its sweep and swept values; the sweep itself lives
-in STUDIO_HOME/sweeps/<id>/sweep.json: its grid, base config, run ids and, once evaluated, the numbers.
+in STUDIO_HOME/sweeps/<id>/: sweep.json (its grid, base config, run ids and, once evaluated, the
+numbers) and the probe grid as grid.json, grid.csv and grid.md.
 The Handbook chose its DPO settings this way: many small trainings, compared on the same questions.
 """
 
@@ -76,6 +78,8 @@ def check_grid(grid: dict[str, list]) -> dict[str, list]:
 class Sweep:
     """A queue of runs over the product of the grid's values, trained one after another in a thread."""
 
+    _active: "Sweep | None" = None  # the sweep this process runs (one at a time, like TrainingJob)
+
     def __init__(self, base_cfg: RunConfig, grid: dict[str, list], preset: str | None = None,
                  sweep_id: str | None = None, evaluate: bool = True, probes: list[str] | None = None,
                  settings=None):
@@ -100,6 +104,7 @@ class Sweep:
         self.runs: list[Run] = []
         self.entries: list[dict] = [{"values": v, "run": None, "state": "queued"} for v in self.values]
         self.results: dict[str, dict] = {}  # run id -> evaluate_run() result
+        self.probe_grid: dict | None = None  # studio.evaluate.probe_grid() of the finished runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -114,6 +119,10 @@ class Sweep:
         active = TrainingJob.active()
         if active is not None and active.is_alive():
             raise JobBusy(f"A training job is already running: {active.run.id} ({active.state}). Stop it first.")
+        active_sweep = Sweep.active()
+        if active_sweep is not None:
+            raise JobBusy(f"A sweep is already running: {active_sweep.id} ({active_sweep.state}). Stop it first.")
+        Sweep._active = self
         self.path.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self._save()
@@ -134,6 +143,12 @@ class Sweep:
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @classmethod
+    def active(cls) -> "Sweep | None":
+        """The sweep running in this process, if any (a finished one is no longer active)."""
+        sweep = cls._active
+        return sweep if sweep is not None and sweep.is_alive() else None
 
     # --- the thread ---
     def _main(self) -> None:
@@ -183,23 +198,28 @@ class Sweep:
         self.current = None
 
     def _evaluate(self) -> None:
-        from .chat import ChatEngine
-        from .evaluate import evaluate_run
-
         import torch
+
+        from .chat import ChatEngine
+        from .evaluate import default_probes, evaluate_run, probe_grid, save_grid
 
         done = [r for r in self.runs if r.has_adapter and r.state in ("done", "stopped")]
         if not done:
             return
         engine = ChatEngine(self.base.model, dtype=torch.float32)  # one base model for every run's adapter
+        probes = self.probes if self.probes is not None else default_probes(done[0])
         for run in done:
             if self._stop.is_set():
-                break
+                return
             try:
-                self.results[run.id] = evaluate_run(run, engine=engine, probes=self.probes, settings=self.settings)
+                self.results[run.id] = evaluate_run(run, engine=engine, probes=probes, settings=self.settings)
             except Exception as e:  # noqa: BLE001 - one bad run must not hide the others' numbers
                 self.results[run.id] = {"error": f"{type(e).__name__}: {e}"}
             self._save()
+        if probes and not self._stop.is_set():
+            # Each run's answers were kept by evaluate_run (probes.json): only the baseline column is new.
+            self.probe_grid = probe_grid(done, probes, engine=engine, settings=self.settings)
+            save_grid(self.probe_grid, self.path)
 
     def _set(self, state: str) -> None:
         self.state = state
@@ -208,18 +228,15 @@ class Sweep:
     # --- results ---
     def comparison(self) -> list[dict]:
         """One row per combination: swept values, run, state, training figures and held-out accuracies."""
+        from .evaluate import result_row
+
         rows = []
         for entry in self.entries:
-            row = {**entry["values"], "run": entry["run"], "state": entry["state"]}
             run = next((r for r in self.runs if r.id == entry["run"]), None)
-            if run is not None:
-                s = run.summary()
-                row.update(step=s["step"], seconds=round(s["seconds"] or 0, 1), loss=s["loss"], margins=s["margins"])
-                result = self.results.get(run.id) or run.read_json("eval.json") or {}
-                for key in ("baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift", "error"):
-                    if key in result:
-                        row[key] = result[key]
-            rows.append(row)
+            if run is None:
+                rows.append({"run": None, **entry["values"], "state": entry["state"]})
+            else:
+                rows.append({**result_row(run, self.results.get(run.id)), "state": entry["state"]})
         return rows
 
     def to_dict(self) -> dict:

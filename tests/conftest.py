@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def studio_home(tmp_path, monkeypatch, model_cache) -> Path:
     return home
 
 
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory, model_cache) -> Path:
+    """A STUDIO_HOME shared by one test module's fixtures (a run or an app that several tests read)."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDIO_HOME", str(home))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield home
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def style_pairs(tmp_path_factory) -> Path:
     """A small preference file with an easy, consistent preference: short plain answers over padded ones."""
@@ -41,3 +54,32 @@ def style_pairs(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched_app(module_home):
+    """(url, STUDIO_HOME) of the web app, launched once per test module on its own home and a free port."""
+    from studio.sweep import Sweep
+    from studio.training import TrainingJob
+    from studio.ui import build_app, launch_options
+
+    demo = build_app()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
+    try:
+        yield url, module_home
+    finally:  # never leave a sweep or a job running into the next test module
+        sweep = Sweep.active()
+        if sweep is not None:
+            sweep.stop()
+            sweep.wait(300)
+        job = TrainingJob.active()
+        if job is not None:
+            job.stop()
+            job.wait(300)
+        demo.close()

@@ -7,7 +7,6 @@ apt-get install chromium). Training is real: the embedded SmolLM2-135M on CPU, 4
 
 import json
 import re
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -49,32 +48,9 @@ WATCH_LOSS_JS = """() => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, model_cache):
-    home = tmp_path_factory.mktemp("browser-home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(home))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    from studio.ui import build_app, launch_options
-
-    demo = build_app()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
-    try:
-        yield url, home
-    finally:
-        job = TrainingJob.active()
-        if job is not None:
-            job.stop()
-            job.wait(300)
-        demo.close()
-        mp.undo()
+def app_url(launched_app):
+    return launched_app
 
 
 @pytest.fixture

@@ -20,14 +20,8 @@ SHORT = probe_settings(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, model_cache):
-    home = tmp_path_factory.mktemp("home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(home))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    yield home
-    mp.undo()
+def home(module_home):
+    return module_home
 
 
 @pytest.fixture(scope="module")

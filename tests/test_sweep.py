@@ -18,20 +18,14 @@ def tiny_config(data, **changes) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, model_cache, style_pairs):
-    home = tmp_path_factory.mktemp("home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(home))
-    mp.setenv("HF_HUB_OFFLINE", "1")
+def finished_sweep(module_home, style_pairs):
     sweep = Sweep(tiny_config(style_pairs), {"beta": [0.1, 0.5]}, preset="test",
                   probes=["Tell me one thing about tea."], settings=probe_settings(max_new_tokens=6)).start()
     states_seen = set()
     while sweep.is_alive():
         states_seen.add(sweep.state)
         sweep.wait(0.05)
-    yield sweep, home, states_seen
-    mp.undo()
+    return sweep, module_home, states_seen
 
 
 def test_the_grid_becomes_one_config_per_combination(style_pairs):

@@ -29,12 +29,8 @@ def wait_for(predicate, timeout=120.0, poll=0.05):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, model_cache, style_pairs):
+def finished_run(module_home, style_pairs):
     """One short run shared by the tests that only read its results."""
-    home = tmp_path_factory.mktemp("home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(home))
     job = TrainingJob(quick_config(style_pairs), preset="test").start()
     seen_during_training = []
     while job.is_alive():
@@ -43,8 +39,7 @@ def finished_run(tmp_path_factory, model_cache, style_pairs):
             seen_during_training.append((len(rows), job.step))
         time.sleep(0.05)
     job.wait()
-    yield job, seen_during_training
-    mp.undo()
+    return job, seen_during_training
 
 
 def test_run_finishes_and_its_folder_is_complete(finished_run):

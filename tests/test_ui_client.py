@@ -5,7 +5,6 @@ real (a few steps of the embedded SmolLM2-135M on CPU); nothing is mocked.
 """
 
 import json
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from studio.config import load_preset, preset_names
+from studio.sweep import Sweep
 from studio.training import TrainingJob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,37 +24,11 @@ QUICK = dict(max_length=64, lora_r=8, lora_alpha=16, lora_target_modules=["q_pro
              eval_fraction=0.0, save_steps=0, learning_rate=1e-3, warmup_steps=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_active_job() -> None:
-    job = TrainingJob.active()
-    if job is not None:
-        job.stop()
-        job.wait(300)
-
-
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, model_cache):
-    """(client, STUDIO_HOME) for one launched app."""
-    home = tmp_path_factory.mktemp("ui-home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(home))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    from studio.ui import build_app, launch_options
-
-    demo = build_app()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
-    try:
-        yield Client(url, verbose=False), home
-    finally:
-        stop_active_job()  # never leave a job running into the next test module
-        demo.close()
-        mp.undo()
+def app(launched_app):
+    """(client, STUDIO_HOME) for the app launched for this module."""
+    url, home = launched_app
+    return Client(url, verbose=False), home
 
 
 def plotted(figure) -> dict[str, int]:
@@ -213,6 +187,74 @@ def test_a_run_streams_its_metrics_stops_and_then_both_chat_panes_answer(app, st
 def _text(message: dict) -> str:
     content = message["content"]
     return content if isinstance(content, str) else "".join(block.get("text", "") for block in content)
+
+
+def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pairs):
+    client, home = app
+    before = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
+    settings = {**QUICK, "eval_fraction": 0.25, "max_steps": 2}
+    probes = "Tell me one thing about tea.\nTell me one thing about rain."
+    # A bad grid is a message naming the setting, and nothing starts.
+    status = client.predict(data=str(style_pairs), key1="beta", values1=["0.1", "zero"], api_name="/start_sweep")[0]
+    assert "beta" in status and "zero" in status and "not started" in status
+    assert Sweep.active() is None
+
+    status = client.predict(data=str(style_pairs), **settings, key1="beta", values1=["0.1", "0.5"], key2="(none)",
+                            values2=[], prompts=probes, max_new_tokens=8, api_name="/start_sweep")[0]
+    assert "Traceback" not in status and Sweep.active() is not None, status
+    sweep = Sweep.active()
+    seen, opened, deadline = set(), None, time.time() + 900
+    while time.time() < deadline:
+        out = dict(zip(("status", "table", "runs", "results", "margins", "loss", "grid", "files"),
+                       client.predict(api_name="/poll_sweep")))
+        seen |= {s for s in ("training", "evaluating", "done") if f">{s}<" in (out["status"] or "")}
+        if not sweep.is_alive() and out["grid"] and out["grid"].get("headers", [None])[0] == "prompt" \
+                and len(out["grid"]["headers"]) == 4:
+            opened = out
+            break
+        time.sleep(1.0)
+    assert sweep.state == "done", sweep.error
+    assert opened is not None, "the finished sweep did not open its comparison"
+    assert "training" in seen and "done" in seen
+
+    # Two ordinary new runs, each with a value of the grid and every other setting from the form.
+    new_runs = [r.id for r in sweep.runs]
+    assert {p.name for p in (home / "runs").iterdir()} - before == set(new_runs) and len(new_runs) == 2
+    assert [r.config().beta for r in sweep.runs] == [0.1, 0.5]
+    assert all(r.config().max_steps == 2 and r.config().lora_r == 8 for r in sweep.runs)
+
+    # The comparison: both runs picked, their accuracy row, overlaid curves, the grid and its files.
+    assert opened["runs"]["value"] == new_runs
+    results = opened["results"]
+    assert [row[0] for row in results["data"]] == new_runs
+    for header in ("beta", "baseline acc", "tuned acc", "reward acc", "drift"):
+        column = results["headers"].index(header)
+        assert all(row[column] is not None for row in results["data"]), header
+    assert {n for n in plotted(opened["margins"]) if not n.endswith("(eval)")} >= set(new_runs)
+    grid = opened["grid"]
+    assert grid["headers"] == ["prompt", "SFT baseline", *new_runs]
+    assert [row[0] for row in grid["data"][:2]] == probes.splitlines()
+    assert all(cell.strip() for row in grid["data"][:2] for cell in row)
+    assert grid["data"][2][0] == "[mean words]"
+    csv_file, md_file = sorted(opened["files"], key=lambda f: f.endswith(".md"))
+    assert Path(csv_file).read_text().startswith("prompt,SFT baseline,") and "| prompt |" in Path(md_file).read_text()
+    assert (home / "sweeps" / sweep.id / "grid.md").is_file()
+
+    # The same grid again from the button: fixed settings and seed give the same answers.
+    again, files = client.predict(new_runs, probes, 8, api_name="/probe_grid")
+    assert again["headers"] == grid["headers"] and again["data"] == grid["data"]
+    assert len(files) == 2
+
+    # Evaluating again from the button, with the same probes, gives the same numbers.
+    table = client.predict(new_runs, probes, 8, api_name="/evaluate_runs")
+    assert table["data"] == results["data"]
+
+    # A new page (another browser, a reload) opens on the same comparison, read from disk.
+    status, _, runs, results2, _, _, prompts2, grid2, files2 = Client(client.src, verbose=False).predict(
+        api_name="/load_compare")
+    assert sweep.id in status and ">done<" in status
+    assert runs["value"] == new_runs and results2["data"] == results["data"]
+    assert prompts2 == probes and grid2["data"] == grid["data"] and len(files2) == 2
 
 
 def test_deleting_a_run_removes_its_folder(app):

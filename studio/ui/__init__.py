@@ -1,4 +1,4 @@
-"""The Gradio front of DPO Studio: one module per tab (data, train, chat, runs), plotly figures in charts.
+"""The Gradio front of DPO Studio: one module per tab (data, train, chat, runs, compare), plotly figures in charts.
 
 The engine never imports this package; this package only calls the engine.
 """

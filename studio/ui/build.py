@@ -1,4 +1,4 @@
-"""The DPO Studio web app: four tabs (Data, Train, Chat, Runs) over the headless engine.
+"""The DPO Studio web app: five tabs (Data, Train, Chat, Runs, Compare) over the headless engine.
 
     from studio.ui import build_app, launch_options
     demo = build_app()
@@ -19,6 +19,7 @@ from studio.training import TrainingJob
 from . import memory
 from .chat_tab import ChatTab
 from .common import Services
+from .compare_tab import CompareTab
 from .data_tab import DataTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
@@ -44,9 +45,11 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
             train = TrainTab(default_preset)
             chat = ChatTab(services)
             runs = RunsTab()
+            compare = CompareTab(services)
         data.connect(train)
         chat.connect(train)
         runs.connect(train)
+        compare.connect(train)
 
         def on_load():
             out = train.on_load()
@@ -57,6 +60,7 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
 
         demo.load(on_load, outputs=[*train.on_load_outputs(), chat.run, tabs], api_visibility="private",
                   show_progress="hidden")
+        demo.load(compare.on_load, outputs=compare.load_outputs, api_name="load_compare", show_progress="hidden")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 

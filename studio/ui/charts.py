@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 TRAIN, EVAL, SMOOTH = "#4f46e5", "#f59e0b", "#0f766e"
 CHOSEN, REJECTED = "#16a34a", "#dc2626"
+GRID, AXIS = "#e5e7eb", "#cbd5e1"
 PALETTE = ("#4f46e5", "#f59e0b", "#16a34a", "#dc2626", "#0891b2", "#9333ea", "#ea580c", "#475569")
 SMOOTH_WINDOW = 10  # steps in the rolling mean of the reward accuracy
 
@@ -40,14 +41,20 @@ WAITING = "waiting for the first logged step"
 
 def _figure(title: str, ytitle: str, empty_text: str | None, height: int = 260) -> go.Figure:
     fig = go.Figure()
+    axis = dict(gridcolor=GRID, zerolinecolor=AXIS, linecolor=AXIS, showline=True, ticks="")
     fig.update_layout(
+        # No plotly template: it would add ~7 KB to every live update of every chart.
+        template="none",
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12, color="#334155"),
         title=dict(text=title, x=0.01, font=dict(size=14)),
-        template="plotly_white",
         height=height,
-        margin=dict(l=50, r=12, t=40, b=36),
+        margin=dict(l=56, r=12, t=40, b=40),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, font=dict(size=11)),
-        xaxis=dict(title="step", rangemode="tozero"),
-        yaxis=dict(title=ytitle),
+        xaxis=dict(title=dict(text="step"), rangemode="tozero", **axis),
+        yaxis=dict(title=dict(text=ytitle), **axis),
+        hovermode="x unified",
         uirevision="keep",  # a zoom the user set survives the live updates
     )
     if empty_text:
@@ -103,26 +110,24 @@ def _legend_below(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def rewards_figure(rows: list[dict]) -> go.Figure:
+def _chosen_rejected(rows: list[dict], title: str, ytitle: str, key: str) -> go.Figure:
+    """`key`/chosen against `key`/rejected, train lines and eval points."""
     train, evals = split_rows(rows)
-    fig = _figure("Implicit rewards: chosen vs rejected", "reward", None if train else WAITING)
+    fig = _figure(title, ytitle, None if train else WAITING)
     _legend_below(fig)
-    _line(fig, train, "rewards/chosen", "chosen", CHOSEN)
-    _line(fig, train, "rewards/rejected", "rejected", REJECTED)
-    _line(fig, evals, "eval_rewards/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")
-    _line(fig, evals, "eval_rewards/rejected", "eval rejected", REJECTED, dash="dot", marker_symbol="diamond")
+    _line(fig, train, f"{key}/chosen", "chosen", CHOSEN)
+    _line(fig, train, f"{key}/rejected", "rejected", REJECTED)
+    _line(fig, evals, f"eval_{key}/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")
+    _line(fig, evals, f"eval_{key}/rejected", "eval rejected", REJECTED, dash="dot", marker_symbol="diamond")
     return fig
+
+
+def rewards_figure(rows: list[dict]) -> go.Figure:
+    return _chosen_rejected(rows, "Implicit rewards: chosen vs rejected", "reward", "rewards")
 
 
 def logps_figure(rows: list[dict]) -> go.Figure:
-    train, evals = split_rows(rows)
-    fig = _figure("Log-probabilities: chosen vs rejected", "log p", None if train else WAITING)
-    _legend_below(fig)
-    _line(fig, train, "logps/chosen", "chosen", CHOSEN)
-    _line(fig, train, "logps/rejected", "rejected", REJECTED)
-    _line(fig, evals, "eval_logps/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")
-    _line(fig, evals, "eval_logps/rejected", "eval rejected", REJECTED, dash="dot", marker_symbol="diamond")
-    return fig
+    return _chosen_rejected(rows, "Log-probabilities: chosen vs rejected", "log p", "logps")
 
 
 TRAINING_CHARTS = {

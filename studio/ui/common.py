@@ -14,27 +14,30 @@ import time
 from studio.config import ConfigError
 
 class ChatEngines:
-    """One `ChatEngine` for one base model at a time, loaded on first chat.
+    """One `ChatEngine` (one base model, one dtype) at a time, loaded on first use.
 
-    A run on another base model replaces the engine, so memory holds one copy of base weights.
+    Chat asks for the fast chat dtype, evaluation for fp32; a request for another model or dtype
+    replaces the engine, so memory holds one copy of base weights.
     """
 
     def __init__(self):
         self._engine = None
+        self._dtype = None
         self._lock = threading.Lock()
 
-    def loaded(self, model_spec: str) -> bool:
+    def loaded(self, model_spec: str, dtype=None) -> bool:
         engine = self._engine
-        return engine is not None and engine.model_spec == model_spec
+        return engine is not None and engine.model_spec == model_spec and self._dtype == dtype
 
-    def get(self, model_spec: str):
+    def get(self, model_spec: str, dtype=None):
+        """The engine for `model_spec`; dtype None = the chat dtype for this hardware."""
         from studio.chat import ChatEngine
 
         with self._lock:
-            if not self.loaded(model_spec):
+            if not self.loaded(model_spec, dtype):
                 self._engine = None
                 gc.collect()  # free the old base weights before loading the new ones
-                self._engine = ChatEngine(model_spec)
+                self._engine, self._dtype = ChatEngine(model_spec, dtype=dtype), dtype
             return self._engine
 
 
@@ -89,3 +92,19 @@ def number(value, digits: int = 4):
     if isinstance(value, float):
         return float(f"{value:.{digits}g}")
     return value
+
+
+def overlay(run_ids: list[str] | None) -> tuple:
+    """Reward-margin and loss figures with one line per run, read from the run folders."""
+    from studio.runs import get_run
+
+    from . import charts
+
+    series = {}
+    for run_id in run_ids or []:
+        try:
+            series[run_id] = get_run(run_id).metrics()
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+    return (charts.compare_figure(series, "rewards/margins", "Reward margins", "margin"),
+            charts.compare_figure(series, "loss", "DPO loss", "loss"))

@@ -12,8 +12,7 @@ import pandas as pd
 from studio.export import zip_adapter
 from studio.runs import delete_run, get_run, list_runs
 
-from . import charts
-from .common import duration, number, user_message, when
+from .common import duration, number, overlay, user_message, when
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
     "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
@@ -97,15 +96,9 @@ class RunsTab:
         row = event.row_value or []
         return gr.Dropdown(value=row[0]) if row else gr.skip()
 
-    def overlay(self, run_ids: list[str] | None):
-        series = {}
-        for run_id in run_ids or []:
-            try:
-                series[run_id] = get_run(run_id).metrics()
-            except FileNotFoundError:
-                continue
-        return (charts.compare_figure(series, "rewards/margins", "Reward margins", "margin"),
-                charts.compare_figure(series, "loss", "DPO loss", "loss"))
+    @staticmethod
+    def overlay(run_ids: list[str] | None):
+        return overlay(run_ids)
 
     def download(self, run_id: str | None):
         if not run_id:

@@ -25,7 +25,7 @@ from studio.training import TrainingJob
 from . import charts, memory
 from .common import duration, escape, user_message
 
-POLL_SECONDS = 0.75  # a logged metric reaches the charts within this plus one round trip (< 2 s)
+POLL_SECONDS = 0.5  # a logged metric reaches the charts within this plus one round trip (< 2 s)
 AUTO = "auto"  # widget value for the fields the engine fills from the hardware (None in RunConfig)
 OPTIONAL = {"eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col", "optim", "bf16",
             "gradient_checkpointing"}

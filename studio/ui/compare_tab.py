@@ -1,0 +1,401 @@
+"""Compare tab: a sweep over one or two settings, then runs side by side — curves, held-out accuracy, probe grid.
+
+A sweep takes every other setting from the Train tab's form, trains one ordinary run per
+combination (studio.sweep.Sweep), evaluates each and builds the probe grid; the tab then shows all
+of it. Any finished runs can be compared the same way by picking them. Numbers come from the run
+folders (eval.json, probes.json) and grids from grid.json files, so a reload shows the same page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.config import LOSS_TYPES, ConfigError, preset_names
+from studio.evaluate import (
+    MEASURE_LABELS, PROBE_MAX_NEW_TOKENS, EvalError, default_probes, evaluate_run, probe_grid, probe_settings,
+    result_row, save_grid,
+)
+from studio.export import exports_dir
+from studio.runs import LIVE_STATES, get_run, list_runs
+from studio.sweep import Sweep, list_sweeps, sweeps_root
+
+from .common import Services, escape, number, overlay, user_message
+from .train_tab import STATUS_CSS, config_from_widgets
+
+POLL_SECONDS = 1.0
+NONE = "(none)"
+# What a sweep usually varies, with values worth trying on a small model; any value can be typed in.
+SUGGESTED = {
+    "learning_rate": [1e-5, 5e-5, 1e-4, 2e-4, 3e-4],
+    "beta": [0.05, 0.1, 0.2, 0.5],
+    "loss_type": list(LOSS_TYPES),
+    "lora_r": [4, 8, 16, 32],
+    "lora_alpha": [8, 16, 32, 64],
+    "lora_dropout": [0.0, 0.05, 0.1],
+    "max_steps": [10, 20, 40, 80],
+    "num_train_epochs": [1, 2, 3],
+    "warmup_steps": [0, 4, 10],
+    "per_device_train_batch_size": [1, 2, 4],
+    "gradient_accumulation_steps": [1, 2, 4],
+    "max_length": [128, 256, 512],
+    "weight_decay": [0.0, 0.01],
+    "seed": [0, 1, 2],
+}
+TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, under their own names)
+    "run": "run", "state": "state", "step": "steps", "seconds": "seconds", "loss": "loss", "margins": "train margin",
+    "pairs": "pairs", "baseline_accuracy": "baseline acc", "tuned_accuracy": "tuned acc",
+    "reward_accuracy": "reward acc", "mean_margin": "eval margin", "kl_drift": "drift", "error": "error",
+}
+MAX_GRID_RUNS = 6  # a wider grid does not read on a screen
+
+
+def _text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def comparable_runs() -> list[str]:
+    """Runs with a saved adapter that are not training now (their adapter is final)."""
+    return [r.id for r in list_runs() if r.has_adapter and r.state not in LIVE_STATES]
+
+
+def results_frame(run_ids: list[str]) -> pd.DataFrame:
+    """The accuracy table: one row per run, swept values first, evaluation columns when evaluated."""
+    rows = []
+    for run_id in run_ids:
+        try:
+            rows.append(result_row(get_run(run_id)))
+        except FileNotFoundError:
+            continue
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    swept = [k for k in keys if k not in TABLE_COLUMNS]
+    columns = ["run", *swept, *(k for k in TABLE_COLUMNS if k != "run" and any(k in r for r in rows))]
+    data = [[number(r.get(k)) for k in columns] for r in rows]
+    return pd.DataFrame(data, columns=[TABLE_COLUMNS.get(k, k) for k in columns])
+
+
+def grid_frame(grid: dict | None) -> pd.DataFrame:
+    """Probe grid as a table: one row per prompt, one column per model, the measures as the last rows."""
+    if not grid:
+        return pd.DataFrame({"prompt": []})
+    names = [c["name"] for c in grid["columns"]]
+    rows = [[p, *(c["answers"][i] for c in grid["columns"])] for i, p in enumerate(grid["prompts"])]
+    rows += [[f"[{label}]", *(_text(c["measures"].get(key)) if c["measures"].get(key) is not None else ""
+                              for c in grid["columns"])] for key, label in MEASURE_LABELS.items()]
+    return pd.DataFrame(rows, columns=["prompt", *names])
+
+
+def grids_root() -> Path:
+    return exports_dir() / "grids"  # under the folder the app serves downloads from
+
+
+def grid_files(grid: dict, name: str) -> list[str]:
+    """Write the grid as grid.json/.csv/.md under the exports folder; the CSV and Markdown to download."""
+    paths = save_grid(grid, grids_root() / name)
+    return [str(paths["csv"]), str(paths["markdown"])]
+
+
+def latest_grid() -> tuple[dict | None, list[str]]:
+    """The newest grid the app or a sweep saved, and its files, so a reload shows it again."""
+    found = [p for root in (grids_root(), sweeps_root()) if root.is_dir() for p in root.glob("*/grid.json")]
+    if not found:
+        return None, []
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    grid = json.loads(newest.read_text(encoding="utf-8"))
+    if newest.parent.parent == sweeps_root():  # a sweep's grid: copy it where downloads are served from
+        return grid, grid_files(grid, newest.parent.name)
+    return grid, [str(newest.with_suffix(".csv")), str(newest.with_suffix(".md"))]
+
+
+def sweep_html(record: dict | None) -> str:
+    if not record:
+        return '<div class="ds-status"><span class="ds-muted">No sweep yet.</span></div>'
+    entries = record.get("entries") or []
+    finished = sum(e.get("state") in ("done", "stopped", "failed", "skipped") for e in entries)
+    state = record.get("state", "?")
+    grid = " × ".join(f"{k} [{', '.join(map(_text, v))}]" for k, v in (record.get("grid") or {}).items())
+    parts = [f'<span class="ds-state {escape(state)}">{escape(state)}</span>',
+             f"<span>sweep <code>{escape(record.get('id', ''))}</code></span>",
+             f"<span>{escape(grid)}</span>", f"<span>runs finished <b>{finished}</b>/{len(entries)}</span>"]
+    error = f'<div class="ds-error">{escape(record["error"])}</div>' if record.get("error") else ""
+    return f'<div class="ds-status"><div class="ds-line">{"".join(parts)}</div>{error}</div>'
+
+
+def sweep_frame(record: dict | None) -> pd.DataFrame:
+    entries = (record or {}).get("entries") or []
+    keys = list(dict.fromkeys(k for e in entries for k in e))
+    return pd.DataFrame([[number(e.get(k)) for k in keys] for e in entries], columns=keys)
+
+
+def _newest_sweep() -> dict | None:
+    active = Sweep.active()
+    if active is not None:
+        return active.to_dict()
+    sweeps = list_sweeps()
+    return sweeps[0] if sweeps else None
+
+
+class CompareTab:
+    def __init__(self, services: Services):
+        self.services = services
+        with gr.Tab("Compare", id="compare") as self.tab:
+            gr.Markdown("Train a few runs that differ in one or two settings, then read them side by side: "
+                        "their curves, how often each prefers the chosen answer on held-out pairs, and their "
+                        "answers to the same probe prompts next to the SFT baseline.", elem_classes="ds-caption")
+            with gr.Accordion("Sweep", open=True):
+                gr.Markdown("Every setting not varied here comes from the **Train** tab's form. The runs train one "
+                            "after another, then each is evaluated and the probe grid is built.",
+                            elem_classes="ds-caption")
+                with gr.Row():
+                    keys = list(SUGGESTED)
+                    self.key1 = gr.Dropdown(keys, value="learning_rate", label="Vary", scale=1, elem_id="sweep-key1")
+                    self.values1 = gr.Dropdown([_text(v) for v in SUGGESTED["learning_rate"]], value=["5e-05", "0.0002"],
+                                               multiselect=True, allow_custom_value=True, label="values", scale=3,
+                                               elem_id="sweep-values1")
+                with gr.Row():
+                    self.key2 = gr.Dropdown([NONE, *keys], value=NONE, label="and", scale=1, elem_id="sweep-key2")
+                    self.values2 = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="values",
+                                               scale=3, elem_id="sweep-values2")
+                with gr.Row():
+                    self.start_sweep = gr.Button("Start sweep", variant="primary", elem_id="sweep-start")
+                    self.stop_sweep = gr.Button("Stop sweep", variant="stop", elem_id="sweep-stop")
+                record = _newest_sweep()
+                self.sweep_status = gr.HTML(sweep_html(record), elem_id="sweep-status", css_template=STATUS_CSS)
+                self.sweep_table = gr.Dataframe(sweep_frame(record), interactive=False, label="Sweep runs",
+                                                elem_id="sweep-table", max_height=300)
+            gr.Markdown("#### Runs side by side")
+            choices = comparable_runs()
+            picked = self.default_pick(record, choices)
+            with gr.Row(equal_height=True):
+                self.runs = gr.Dropdown(choices, value=picked, multiselect=True, label="Runs", scale=4,
+                                        max_choices=MAX_GRID_RUNS, elem_id="compare-runs")
+                self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
+            self.table = gr.Dataframe(results_frame(picked), interactive=False, label="Held-out preference accuracy",
+                                      elem_id="compare-table")
+            gr.Markdown("**baseline / tuned acc**: share of held-out pairs where the SFT model / the tuned model gives "
+                        "the chosen answer the higher per-token log-probability. **reward acc**: share where DPO's "
+                        "implicit reward prefers the chosen answer. **drift**: per-token log-ratio of tuned to SFT on "
+                        "its own probe answers (0 = unchanged).", elem_classes="ds-caption")
+            self.evaluate_btn = gr.Button("Evaluate selected runs", elem_id="compare-evaluate")
+            with gr.Row():
+                margins, loss = self.overlay(picked)
+                self.margins_plot = gr.Plot(margins, show_label=False, elem_id="compare-tab-margins")
+                self.loss_plot = gr.Plot(loss, show_label=False, elem_id="compare-tab-loss")
+            with gr.Row():
+                self.prompts = gr.Textbox("\n".join(self.default_prompts(picked)), lines=4, max_lines=12, scale=4,
+                                          label="Probe prompts (one a line)", elem_id="compare-prompts")
+                with gr.Column(scale=1, min_width=200):
+                    self.max_new_tokens = gr.Slider(8, 512, value=PROBE_MAX_NEW_TOKENS, step=8, label="Max new tokens",
+                                                    info="greedy decoding: the same inputs give the same grid",
+                                                    elem_id="compare-max-new-tokens")
+                    self.grid_btn = gr.Button("Build probe grid", variant="primary", elem_id="compare-grid-btn")
+            grid, files = latest_grid()
+            self.grid = gr.Dataframe(grid_frame(grid), interactive=False, wrap=True, label="Probe grid",
+                                     elem_id="compare-grid", max_height=700)
+            self.files = gr.File(files or None, file_count="multiple", label="Probe grid as CSV and Markdown",
+                                 interactive=False, elem_id="compare-files")
+            self.view = gr.State({"sweep_state": (record or {}).get("state"), "sweep": (record or {}).get("id")})
+            self.timer = gr.Timer(POLL_SECONDS)
+        self._wire()
+
+    @staticmethod
+    def default_pick(record: dict | None, choices: list[str]) -> list[str]:
+        """The newest sweep's runs if it finished, else the newest finished run."""
+        if record and record.get("state") not in ("queued", "training", "evaluating"):
+            picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
+            if picked:
+                return picked
+        return choices[:1]
+
+    @staticmethod
+    def default_prompts(run_ids: list[str]) -> list[str]:
+        try:
+            return default_probes(get_run(run_ids[0]) if run_ids else None)
+        except FileNotFoundError:
+            return default_probes(None)
+
+    def _wire(self) -> None:
+        self.key1.change(self.suggest, inputs=self.key1, outputs=self.values1, api_visibility="private",
+                         show_progress="hidden")
+        self.key2.change(self.suggest, inputs=self.key2, outputs=self.values2, api_visibility="private",
+                         show_progress="hidden")
+        self.stop_sweep.click(self.stop, outputs=self.sweep_status, api_name="stop_sweep", concurrency_limit=None)
+        self.timer.tick(self.poll, inputs=self.view, outputs=self.poll_outputs, api_name="poll_sweep",
+                        show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
+        gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=self.runs,
+              outputs=[self.runs, self.table, self.margins_plot, self.loss_plot], api_name="refresh_compare",
+              concurrency_limit=None, show_progress="hidden")
+        self.runs.change(self.show_runs, inputs=self.runs, outputs=[self.table, self.margins_plot, self.loss_plot],
+                         api_name="compare_selected", concurrency_limit=None, show_progress="hidden")
+        # Evaluation and grids hold the CPU for minutes: one at a time, in their own queue.
+        self.evaluate_btn.click(self.evaluate, inputs=[self.runs, self.prompts, self.max_new_tokens],
+                                outputs=self.table, api_name="evaluate_runs", concurrency_id="compare",
+                                concurrency_limit=1)
+        self.grid_btn.click(self.build_grid, inputs=[self.runs, self.prompts, self.max_new_tokens],
+                            outputs=[self.grid, self.files], api_name="probe_grid", concurrency_id="compare",
+                            concurrency_limit=1)
+
+    def connect(self, train) -> None:
+        """A sweep starts from the Train tab's form: the same widgets, the same validation as Start."""
+        self.start_sweep.click(
+            self.start, inputs_kwargs={"preset": train.preset, "key1": self.key1, "values1": self.values1,
+                                       "key2": self.key2, "values2": self.values2, "prompts": self.prompts,
+                                       "max_new_tokens": self.max_new_tokens, **train.fields},
+            outputs=[self.sweep_status, self.sweep_table, self.view], api_name="start_sweep", concurrency_limit=None)
+
+    @property
+    def load_outputs(self) -> list:
+        return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
+                self.loss_plot, self.prompts, self.grid, self.files]
+
+    def on_load(self) -> tuple:
+        """A fresh page: the newest sweep, its runs (or the newest run) side by side, the newest grid."""
+        record = _newest_sweep()
+        choices = comparable_runs()
+        picked = self.default_pick(record, choices)
+        grid, files = latest_grid()
+        view = {"sweep": (record or {}).get("id"), "sweep_state": (record or {}).get("state")}
+        prompts = grid["prompts"] if grid else self.default_prompts(picked)
+        return (sweep_html(record), sweep_frame(record), view, gr.Dropdown(choices=choices, value=picked),
+                *self.show_runs(picked), "\n".join(prompts), grid_frame(grid), files or None)
+
+    @property
+    def poll_outputs(self) -> list:
+        return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
+                self.loss_plot, self.grid, self.files]
+
+    # --- handlers ---
+    def suggest(self, key: str):
+        if not key or key == NONE:
+            return gr.Dropdown(choices=[], value=[])
+        return gr.Dropdown(choices=[_text(v) for v in SUGGESTED.get(key, [])], value=[])
+
+    def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
+              **fields) -> dict:
+        try:
+            grid = {key1: list(values1 or [])}
+            if key2 and key2 != NONE:
+                if key2 == key1:
+                    raise ConfigError(f"{key1} is chosen twice; pick two different settings or leave the second at {NONE}.")
+                grid[key2] = list(values2 or [])
+            for key, values in grid.items():
+                if not values:
+                    raise ConfigError(f"Pick at least one value of {key} to sweep.")
+            cfg = config_from_widgets(fields)
+            probes = [p.strip() for p in (prompts or "").splitlines() if p.strip()] or None
+            sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
+                          settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
+        except Exception as e:  # noqa: BLE001 - user errors become a message; anything else is a bug and re-raised
+            message = user_message(e)
+            if message is None:
+                raise
+            gr.Warning(message, title="Cannot start the sweep")
+            return {self.sweep_status: f'<div class="ds-status"><span class="ds-state failed">not started</span>'
+                                       f'<div class="ds-error">{escape(message)}</div></div>'}
+        record = sweep.to_dict()
+        gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
+        return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
+                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}}
+
+    def stop(self):
+        sweep = Sweep.active()
+        if sweep is None:
+            gr.Info("No sweep is running.")
+            return gr.skip()
+        sweep.stop()
+        return sweep_html({**sweep.to_dict(), "error": "Stopping: the current run saves its adapter; the rest are skipped."})
+
+    def poll(self, view: dict | None) -> dict:
+        """Follow the newest sweep; when it ends, open its comparison (runs, table, curves, grid)."""
+        view = dict(view or {})
+        record = _newest_sweep()
+        if record is None:
+            return {self.view: view}
+        out: dict = {}
+        key = (record["id"], record["state"], [e.get("state") for e in record.get("entries", [])],
+               [e.get("tuned_accuracy") for e in record.get("entries", [])])
+        if repr(key) != view.get("key"):
+            out[self.sweep_status] = sweep_html(record)
+            out[self.sweep_table] = sweep_frame(record)
+        was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in ("queued", "training", "evaluating")
+        if was_live and record["state"] not in ("queued", "training", "evaluating"):
+            out.update(self.open_sweep(record))
+        out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key)}
+        return out
+
+    def open_sweep(self, record: dict) -> dict:
+        choices = comparable_runs()
+        picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
+        margins, loss = self.overlay(picked)
+        out = {self.runs: gr.Dropdown(choices=choices, value=picked), self.table: results_frame(picked),
+               self.margins_plot: margins, self.loss_plot: loss}
+        grid_path = sweeps_root() / record["id"] / "grid.json"
+        if grid_path.is_file():
+            grid = json.loads(grid_path.read_text(encoding="utf-8"))
+            out[self.grid] = grid_frame(grid)
+            out[self.files] = grid_files(grid, record["id"])
+        return out
+
+    def refresh(self, picked: list[str] | None):
+        choices = comparable_runs()
+        kept = [r for r in (picked or []) if r in choices] or choices[:1]
+        return (gr.Dropdown(choices=choices, value=kept), *self.show_runs(kept))
+
+    def show_runs(self, picked: list[str] | None):
+        return (results_frame(picked or []), *self.overlay(picked))
+
+    @staticmethod
+    def overlay(run_ids: list[str] | None):
+        return overlay(run_ids)
+
+    def _engine(self, runs):
+        import torch
+
+        models = {r.config().model for r in runs}
+        if len(models) > 1:
+            raise EvalError(f"These runs use different base models ({', '.join(sorted(models))}); "
+                            "compare runs of one model.")
+        # fp32 as the CLI and sweeps: scores and probe answers match theirs, and cached answers are reused.
+        return self.services.chat.get(models.pop(), dtype=torch.float32)
+
+    def evaluate(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
+        """Held-out accuracy of each run (saved as its eval.json); drift is measured on the probe prompts."""
+        if not picked:
+            gr.Warning("Select at least one run.")
+            return gr.skip()
+        try:
+            runs = [get_run(r) for r in picked]
+            engine = self._engine(runs)
+            probes = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+            settings = probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))
+            for i, run in enumerate(runs):
+                progress((i, len(runs)), desc=f"evaluating {run.id}")
+                evaluate_run(run, engine=engine, probes=probes, settings=settings)
+        except Exception as e:  # noqa: BLE001
+            message = user_message(e) or (str(e) if isinstance(e, EvalError) else None)
+            if message is None:
+                raise
+            gr.Warning(message, title="Cannot evaluate")
+        return results_frame(picked)
+
+    def build_grid(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
+        lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+        if not picked or not lines:
+            gr.Warning("Select at least one run and write at least one probe prompt, one a line.")
+            return gr.skip(), gr.skip()
+        try:
+            runs = [get_run(r) for r in picked]
+            progress(0, desc=f"answering {len(lines)} prompts with the SFT baseline and {len(runs)} run(s)")
+            engine = self._engine(runs)
+            grid = probe_grid(runs, lines, engine=engine, settings=probe_settings(int(max_new_tokens)))
+        except Exception as e:  # noqa: BLE001
+            message = user_message(e) or (str(e) if isinstance(e, EvalError) else None)
+            if message is None:
+                raise
+            gr.Warning(message, title="Cannot build the grid")
+            return gr.skip(), gr.skip()
+        return grid_frame(grid), grid_files(grid, f"{time.strftime('%Y%m%d-%H%M%S')}-{len(runs)}-runs")
