@@ -182,7 +182,8 @@ def cmd_data_check(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _preset_config(args):
+    """The preset named by --preset with --data, --set and --max-steps applied: (preset, RunConfig)."""
     from .config import apply_overrides, load_preset
 
     preset = load_preset(args.preset)
@@ -192,6 +193,17 @@ def cmd_train(args) -> int:
     cfg = apply_overrides(cfg, args.overrides)
     if args.max_steps is not None:
         cfg = cfg.replace(max_steps=args.max_steps)
+    if args.quiet:  # the libraries' own bars (tokenizing, loading weights) too
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    return preset, cfg
+
+
+def cmd_train(args) -> int:
+    preset, cfg = _preset_config(args)
 
     from .runs import mark_interrupted
     from .training import TrainingJob
@@ -316,16 +328,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .config import apply_overrides, load_preset
     from .sweep import Sweep, parse_grid
 
-    preset = load_preset(args.preset)
-    cfg = preset.config
-    if args.data:
-        cfg = cfg.replace(data=args.data)
-    cfg = apply_overrides(cfg, args.overrides)
-    if args.max_steps is not None:
-        cfg = cfg.replace(max_steps=args.max_steps)
+    preset, cfg = _preset_config(args)
     if not args.grid:
         raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
     grid = parse_grid(args.grid)

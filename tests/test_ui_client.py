@@ -31,6 +31,13 @@ def app(launched_app):
     return Client(url, verbose=False), home
 
 
+def updated(output):
+    """The value inside a component update (a handler returned gr.Dataframe(value, column_widths=…))."""
+    if isinstance(output, dict) and output.get("__type__") == "update":
+        return output.get("value")
+    return output
+
+
 def plotted(figure) -> dict[str, int]:
     """Points per trace name of a gr.Plot value as the client receives it (plotly JSON)."""
     if not figure or not figure.get("plot"):
@@ -208,9 +215,9 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
         out = dict(zip(("status", "table", "runs", "results", "margins", "loss", "grid", "files"),
                        client.predict(api_name="/poll_sweep")))
         seen |= {s for s in ("training", "evaluating", "done") if f">{s}<" in (out["status"] or "")}
-        if not sweep.is_alive() and out["grid"] and out["grid"].get("headers", [None])[0] == "prompt" \
-                and len(out["grid"]["headers"]) == 4:
-            opened = out
+        grid = updated(out["grid"])
+        if not sweep.is_alive() and grid and grid.get("headers", [None])[0] == "prompt" and len(grid["headers"]) == 4:
+            opened = {**out, "grid": grid}
             break
         time.sleep(1.0)
     assert sweep.state == "done", sweep.error
@@ -242,6 +249,7 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
 
     # The same grid again from the button: fixed settings and seed give the same answers.
     again, files = client.predict(new_runs, probes, 8, api_name="/probe_grid")
+    again = updated(again)
     assert again["headers"] == grid["headers"] and again["data"] == grid["data"]
     assert len(files) == 2
 
@@ -250,11 +258,11 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
     assert table["data"] == results["data"]
 
     # A new page (another browser, a reload) opens on the same comparison, read from disk.
-    status, _, runs, results2, _, _, prompts2, grid2, files2 = Client(client.src, verbose=False).predict(
+    status, _, runs, results2, _, _, prompts2, tokens2, grid2, files2 = Client(client.src, verbose=False).predict(
         api_name="/load_compare")
     assert sweep.id in status and ">done<" in status
     assert runs["value"] == new_runs and results2["data"] == results["data"]
-    assert prompts2 == probes and grid2["data"] == grid["data"] and len(files2) == 2
+    assert prompts2 == probes and tokens2 == 8 and updated(grid2)["data"] == grid["data"] and len(files2) == 2
 
 
 def test_deleting_a_run_removes_its_folder(app):

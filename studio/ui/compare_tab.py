@@ -89,6 +89,16 @@ def grid_frame(grid: dict | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["prompt", *names])
 
 
+def grid_widths(grid: dict | None) -> list[str]:
+    """The prompt column narrow, the answer columns sharing the rest, so every model is on screen."""
+    models = len(grid["columns"]) if grid else 1
+    return ["16%", *[f"{84 / models:.1f}%"] * models]
+
+
+def grid_view(grid: dict | None) -> gr.Dataframe:
+    return gr.Dataframe(grid_frame(grid), column_widths=grid_widths(grid))
+
+
 def grids_root() -> Path:
     return exports_dir() / "grids"  # under the folder the app serves downloads from
 
@@ -194,7 +204,8 @@ class CompareTab:
                                                     elem_id="compare-max-new-tokens")
                     self.grid_btn = gr.Button("Build probe grid", variant="primary", elem_id="compare-grid-btn")
             grid, files = latest_grid()
-            self.grid = gr.Dataframe(grid_frame(grid), interactive=False, wrap=True, label="Probe grid",
+            self.grid = gr.Dataframe(grid_frame(grid), column_widths=grid_widths(grid), interactive=False, wrap=True,
+                                     label="Probe grid",
                                      elem_id="compare-grid", max_height=700)
             self.files = gr.File(files or None, file_count="multiple", label="Probe grid as CSV and Markdown",
                                  interactive=False, elem_id="compare-files")
@@ -250,7 +261,7 @@ class CompareTab:
     @property
     def load_outputs(self) -> list:
         return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.prompts, self.grid, self.files]
+                self.loss_plot, self.prompts, self.max_new_tokens, self.grid, self.files]
 
     def on_load(self) -> tuple:
         """A fresh page: the newest sweep, its runs (or the newest run) side by side, the newest grid."""
@@ -259,9 +270,11 @@ class CompareTab:
         picked = self.default_pick(record, choices)
         grid, files = latest_grid()
         view = {"sweep": (record or {}).get("id"), "sweep_state": (record or {}).get("state")}
+        # The probe settings of the grid on show, so "Build probe grid" rebuilds that very grid.
         prompts = grid["prompts"] if grid else self.default_prompts(picked)
+        max_new_tokens = (grid or {}).get("settings", {}).get("max_new_tokens", PROBE_MAX_NEW_TOKENS)
         return (sweep_html(record), sweep_frame(record), view, gr.Dropdown(choices=choices, value=picked),
-                *self.show_runs(picked), "\n".join(prompts), grid_frame(grid), files or None)
+                *self.show_runs(picked), "\n".join(prompts), max_new_tokens, grid_view(grid), files or None)
 
     @property
     def poll_outputs(self) -> list:
@@ -336,7 +349,7 @@ class CompareTab:
         grid_path = sweeps_root() / record["id"] / "grid.json"
         if grid_path.is_file():
             grid = json.loads(grid_path.read_text(encoding="utf-8"))
-            out[self.grid] = grid_frame(grid)
+            out[self.grid] = grid_view(grid)
             out[self.files] = grid_files(grid, record["id"])
         return out
 
@@ -398,4 +411,4 @@ class CompareTab:
                 raise
             gr.Warning(message, title="Cannot build the grid")
             return gr.skip(), gr.skip()
-        return grid_frame(grid), grid_files(grid, f"{time.strftime('%Y%m%d-%H%M%S')}-{len(runs)}-runs")
+        return grid_view(grid), grid_files(grid, f"{time.strftime('%Y%m%d-%H%M%S')}-{len(runs)}-runs")
