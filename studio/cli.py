@@ -193,17 +193,22 @@ def _preset_config(args):
     cfg = apply_overrides(cfg, args.overrides)
     if args.max_steps is not None:
         cfg = cfg.replace(max_steps=args.max_steps)
-    if args.quiet:  # the libraries' own bars (tokenizing, loading weights) too
-        import datasets
-        import transformers
-
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
     return preset, cfg
+
+
+def _quiet_libraries() -> None:
+    """--quiet: the libraries' own bars (tokenizing, loading weights) go too, not only ours."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def cmd_train(args) -> int:
     preset, cfg = _preset_config(args)
+    if args.quiet:
+        _quiet_libraries()
 
     from .runs import mark_interrupted
     from .training import TrainingJob
@@ -331,6 +336,8 @@ def cmd_sweep(args) -> int:
     from .sweep import Sweep, parse_grid
 
     preset, cfg = _preset_config(args)
+    if args.quiet:
+        _quiet_libraries()
     if not args.grid:
         raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
     grid = parse_grid(args.grid)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import re
 import time
@@ -425,8 +426,6 @@ def result_row(run: Run, result: dict | None = None) -> dict:
 
 def save_grid(grid: dict, folder: str | Path, name: str = "grid") -> dict[str, Path]:
     """The grid as <name>.json (to show it again), .csv and .md (to share it) in `folder`."""
-    import json
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv", "markdown": folder / f"{name}.md"}
@@ -434,7 +433,6 @@ def save_grid(grid: dict, folder: str | Path, name: str = "grid") -> dict[str, P
     paths["csv"].write_text(grid_to_csv(grid), encoding="utf-8")
     paths["markdown"].write_text(grid_to_markdown(grid), encoding="utf-8")
     return paths
-
 
 
 def grid_to_csv(grid: dict) -> str:

@@ -29,6 +29,7 @@ MAX_SETTINGS = 2  # a 2-D grid still reads as a table; more axes are better done
 MAX_RUNS = 12  # on CPU each run is minutes; a dozen is an afternoon
 UNSWEEPABLE = ("model", "lora_target_modules")  # one base model per comparison; list values can't be comma-split
 STATES = ("queued", "training", "evaluating", "done", "stopped", "failed")
+LIVE_STATES = ("queued", "training", "evaluating")  # the sweep still has work to do
 
 
 def sweeps_root() -> Path:
@@ -174,7 +175,7 @@ class Sweep:
     def _train(self, i: int, cfg: RunConfig) -> None:
         from .training import JobBusy, TrainingJob
 
-        label = _slug("-".join(f"{_short(k)}{_value_text(v)}" for k, v in self.values[i].items()))
+        label = _slug("-".join(f"{_short(k)}{value_text(v)}" for k, v in self.values[i].items()))
         run_dir = runs_root() / new_run_id(f"{_slug(self.preset or 'sweep')}-{label}")
         job = TrainingJob(cfg, run_dir=run_dir, preset=self.preset)
         while True:  # another job (e.g. started in the web app) holds the machine: wait in the queue
@@ -288,7 +289,8 @@ def _short(key: str) -> str:
             "gradient_accumulation_steps": "ga"}.get(key, key)
 
 
-def _value_text(value) -> str:
+def value_text(value) -> str:
+    """A swept value as a label shows it: 5e-05, not 5.0e-05."""
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

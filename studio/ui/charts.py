@@ -73,20 +73,21 @@ def _line(fig: go.Figure, rows: list[dict], key: str, name: str, color: str, mar
                     line=dict(color=color, width=2, dash=dash), marker=dict(size=5), **extra)
 
 
-def loss_figure(rows: list[dict]) -> go.Figure:
+def _train_eval(rows: list[dict], title: str, ytitle: str, key: str) -> go.Figure:
+    """One metric: its train line and its eval_ points."""
     train, evals = split_rows(rows)
-    fig = _figure("DPO loss", "loss", None if train else WAITING)
-    _line(fig, train, "loss", "train", TRAIN)
-    _line(fig, evals, "eval_loss", "eval", EVAL, marker_symbol="diamond")
+    fig = _figure(title, ytitle, None if train else WAITING)
+    _line(fig, train, key, "train", TRAIN)
+    _line(fig, evals, f"eval_{key}", "eval", EVAL, marker_symbol="diamond")
     return fig
+
+
+def loss_figure(rows: list[dict]) -> go.Figure:
+    return _train_eval(rows, "DPO loss", "loss", "loss")
 
 
 def margins_figure(rows: list[dict]) -> go.Figure:
-    train, evals = split_rows(rows)
-    fig = _figure("Reward margin (chosen − rejected)", "margin", None if train else WAITING)
-    _line(fig, train, "rewards/margins", "train", TRAIN)
-    _line(fig, evals, "eval_rewards/margins", "eval", EVAL, marker_symbol="diamond")
-    return fig
+    return _train_eval(rows, "Reward margin (chosen − rejected)", "margin", "rewards/margins")
 
 
 def accuracy_figure(rows: list[dict]) -> go.Figure:

@@ -61,10 +61,11 @@ class Services:
 def user_message(error: BaseException) -> str | None:
     """The message of an error meant for users (engine errors say what to do); None for a bug."""
     from studio.data import DataError
+    from studio.evaluate import EvalError
     from studio.models import ModelError
     from studio.training import JobBusy
 
-    if isinstance(error, (ConfigError, DataError, ModelError, JobBusy, FileNotFoundError)):
+    if isinstance(error, (ConfigError, DataError, EvalError, ModelError, JobBusy, FileNotFoundError)):
         return str(error)
     return None
 

@@ -22,10 +22,10 @@ from studio.evaluate import (
 )
 from studio.export import exports_dir
 from studio.runs import LIVE_STATES, get_run, list_runs
-from studio.sweep import Sweep, list_sweeps, sweeps_root
+from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweeps_root, value_text
 
 from .common import Services, escape, number, overlay, user_message
-from .train_tab import STATUS_CSS, config_from_widgets
+from .train_tab import STATUS_CSS, config_from_widgets, error_html
 
 POLL_SECONDS = 1.0
 NONE = "(none)"
@@ -54,8 +54,9 @@ TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, unde
 MAX_GRID_RUNS = 6  # a wider grid does not read on a screen
 
 
-def _text(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def prompt_lines(text: str | None) -> list[str]:
+    """The probe prompts of the text box: one a line, blank lines skipped."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 def comparable_runs() -> list[str]:
@@ -84,7 +85,7 @@ def grid_frame(grid: dict | None) -> pd.DataFrame:
         return pd.DataFrame({"prompt": []})
     names = [c["name"] for c in grid["columns"]]
     rows = [[p, *(c["answers"][i] for c in grid["columns"])] for i, p in enumerate(grid["prompts"])]
-    rows += [[f"[{label}]", *(_text(c["measures"].get(key)) if c["measures"].get(key) is not None else ""
+    rows += [[f"[{label}]", *(value_text(c["measures"].get(key)) if c["measures"].get(key) is not None else ""
                               for c in grid["columns"])] for key, label in MEASURE_LABELS.items()]
     return pd.DataFrame(rows, columns=["prompt", *names])
 
@@ -127,7 +128,7 @@ def sweep_html(record: dict | None) -> str:
     entries = record.get("entries") or []
     finished = sum(e.get("state") in ("done", "stopped", "failed", "skipped") for e in entries)
     state = record.get("state", "?")
-    grid = " × ".join(f"{k} [{', '.join(map(_text, v))}]" for k, v in (record.get("grid") or {}).items())
+    grid = " × ".join(f"{k} [{', '.join(map(value_text, v))}]" for k, v in (record.get("grid") or {}).items())
     parts = [f'<span class="ds-state {escape(state)}">{escape(state)}</span>',
              f"<span>sweep <code>{escape(record.get('id', ''))}</code></span>",
              f"<span>{escape(grid)}</span>", f"<span>runs finished <b>{finished}</b>/{len(entries)}</span>"]
@@ -163,7 +164,7 @@ class CompareTab:
                 with gr.Row():
                     keys = list(SUGGESTED)
                     self.key1 = gr.Dropdown(keys, value="learning_rate", label="Vary", scale=1, elem_id="sweep-key1")
-                    self.values1 = gr.Dropdown([_text(v) for v in SUGGESTED["learning_rate"]], value=["5e-05", "0.0002"],
+                    self.values1 = gr.Dropdown([value_text(v) for v in SUGGESTED["learning_rate"]], value=["5e-05", "0.0002"],
                                                multiselect=True, allow_custom_value=True, label="values", scale=3,
                                                elem_id="sweep-values1")
                 with gr.Row():
@@ -192,7 +193,7 @@ class CompareTab:
                         "its own probe answers (0 = unchanged).", elem_classes="ds-caption")
             self.evaluate_btn = gr.Button("Evaluate selected runs", elem_id="compare-evaluate")
             with gr.Row():
-                margins, loss = self.overlay(picked)
+                margins, loss = overlay(picked)
                 self.margins_plot = gr.Plot(margins, show_label=False, elem_id="compare-tab-margins")
                 self.loss_plot = gr.Plot(loss, show_label=False, elem_id="compare-tab-loss")
             with gr.Row():
@@ -216,7 +217,7 @@ class CompareTab:
     @staticmethod
     def default_pick(record: dict | None, choices: list[str]) -> list[str]:
         """The newest sweep's runs if it finished, else the newest finished run."""
-        if record and record.get("state") not in ("queued", "training", "evaluating"):
+        if record and record.get("state") not in SWEEP_LIVE:
             picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
             if picked:
                 return picked
@@ -285,7 +286,7 @@ class CompareTab:
     def suggest(self, key: str):
         if not key or key == NONE:
             return gr.Dropdown(choices=[], value=[])
-        return gr.Dropdown(choices=[_text(v) for v in SUGGESTED.get(key, [])], value=[])
+        return gr.Dropdown(choices=[value_text(v) for v in SUGGESTED.get(key, [])], value=[])
 
     def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
               **fields) -> dict:
@@ -299,7 +300,7 @@ class CompareTab:
                 if not values:
                     raise ConfigError(f"Pick at least one value of {key} to sweep.")
             cfg = config_from_widgets(fields)
-            probes = [p.strip() for p in (prompts or "").splitlines() if p.strip()] or None
+            probes = prompt_lines(prompts) or None
             sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
                           settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
         except Exception as e:  # noqa: BLE001 - user errors become a message; anything else is a bug and re-raised
@@ -307,8 +308,7 @@ class CompareTab:
             if message is None:
                 raise
             gr.Warning(message, title="Cannot start the sweep")
-            return {self.sweep_status: f'<div class="ds-status"><span class="ds-state failed">not started</span>'
-                                       f'<div class="ds-error">{escape(message)}</div></div>'}
+            return {self.sweep_status: error_html(message)}
         record = sweep.to_dict()
         gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
         return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
@@ -334,8 +334,8 @@ class CompareTab:
         if repr(key) != view.get("key"):
             out[self.sweep_status] = sweep_html(record)
             out[self.sweep_table] = sweep_frame(record)
-        was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in ("queued", "training", "evaluating")
-        if was_live and record["state"] not in ("queued", "training", "evaluating"):
+        was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in SWEEP_LIVE
+        if was_live and record["state"] not in SWEEP_LIVE:
             out.update(self.open_sweep(record))
         out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key)}
         return out
@@ -343,7 +343,7 @@ class CompareTab:
     def open_sweep(self, record: dict) -> dict:
         choices = comparable_runs()
         picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
-        margins, loss = self.overlay(picked)
+        margins, loss = overlay(picked)
         out = {self.runs: gr.Dropdown(choices=choices, value=picked), self.table: results_frame(picked),
                self.margins_plot: margins, self.loss_plot: loss}
         grid_path = sweeps_root() / record["id"] / "grid.json"
@@ -359,11 +359,7 @@ class CompareTab:
         return (gr.Dropdown(choices=choices, value=kept), *self.show_runs(kept))
 
     def show_runs(self, picked: list[str] | None):
-        return (results_frame(picked or []), *self.overlay(picked))
-
-    @staticmethod
-    def overlay(run_ids: list[str] | None):
-        return overlay(run_ids)
+        return (results_frame(picked or []), *overlay(picked))
 
     def _engine(self, runs):
         import torch
@@ -383,20 +379,20 @@ class CompareTab:
         try:
             runs = [get_run(r) for r in picked]
             engine = self._engine(runs)
-            probes = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+            probes = prompt_lines(prompts)
             settings = probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))
             for i, run in enumerate(runs):
                 progress((i, len(runs)), desc=f"evaluating {run.id}")
                 evaluate_run(run, engine=engine, probes=probes, settings=settings)
         except Exception as e:  # noqa: BLE001
-            message = user_message(e) or (str(e) if isinstance(e, EvalError) else None)
+            message = user_message(e)
             if message is None:
                 raise
             gr.Warning(message, title="Cannot evaluate")
         return results_frame(picked)
 
     def build_grid(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
-        lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+        lines = prompt_lines(prompts)
         if not picked or not lines:
             gr.Warning("Select at least one run and write at least one probe prompt, one a line.")
             return gr.skip(), gr.skip()
@@ -406,7 +402,7 @@ class CompareTab:
             engine = self._engine(runs)
             grid = probe_grid(runs, lines, engine=engine, settings=probe_settings(int(max_new_tokens)))
         except Exception as e:  # noqa: BLE001
-            message = user_message(e) or (str(e) if isinstance(e, EvalError) else None)
+            message = user_message(e)
             if message is None:
                 raise
             gr.Warning(message, title="Cannot build the grid")

@@ -59,7 +59,7 @@ class RunsTab:
             self.compare = gr.Dropdown(ids, value=ids[:1], multiselect=True, label="Runs to overlay",
                                        elem_id="runs-compare")
             with gr.Row():
-                margins, loss = self.overlay(ids[:1])
+                margins, loss = overlay(ids[:1])
                 self.margins_plot = gr.Plot(margins, show_label=False, elem_id="compare-margins")
                 self.loss_plot = gr.Plot(loss, show_label=False, elem_id="compare-loss")
         self._wire()
@@ -72,7 +72,7 @@ class RunsTab:
         gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=[self.selected, self.compare],
               outputs=self.refresh_outputs, api_name="runs", concurrency_limit=None, show_progress="hidden")
         self.table.select(self.pick_row, outputs=self.selected, api_visibility="private")
-        self.compare.change(self.overlay, inputs=self.compare, outputs=[self.margins_plot, self.loss_plot],
+        self.compare.change(overlay, inputs=self.compare, outputs=[self.margins_plot, self.loss_plot],
                             api_name="compare_runs", concurrency_limit=None, show_progress="hidden")
         self.download_btn.click(self.download, inputs=self.selected, outputs=self.zip_file, api_name="download_adapter")
         self.delete_btn.click(self.ask_delete, inputs=self.selected, outputs=[self.confirm_box, self.confirm_text],
@@ -90,15 +90,12 @@ class RunsTab:
         ids = [run.id for run in list_runs()]
         kept = [run_id for run_id in (compare or []) if run_id in ids] or ids[:1]
         return (runs_frame(), gr.Dropdown(choices=ids, value=selected if selected in ids else (ids[0] if ids else None)),
-                gr.Dropdown(choices=ids, value=kept), *self.overlay(kept))
+                gr.Dropdown(choices=ids, value=kept), *overlay(kept))
 
     def pick_row(self, event: gr.SelectData):
         row = event.row_value or []
         return gr.Dropdown(value=row[0]) if row else gr.skip()
 
-    @staticmethod
-    def overlay(run_ids: list[str] | None):
-        return overlay(run_ids)
 
     def download(self, run_id: str | None):
         if not run_id:
