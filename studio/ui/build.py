@@ -16,7 +16,7 @@ from studio.export import exports_dir
 from studio.runs import mark_interrupted
 from studio.training import TrainingJob
 
-from . import memory
+from studio import memory
 from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab

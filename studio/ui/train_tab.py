@@ -22,7 +22,9 @@ from studio.models import EMBEDDED
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
 from studio.training import TrainingJob
 
-from . import charts, memory
+from studio import memory
+
+from . import charts
 from .common import duration, escape, user_message
 
 POLL_SECONDS = 0.5  # a logged metric reaches the charts within this plus one round trip (< 2 s)

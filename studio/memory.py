@@ -79,9 +79,9 @@ def model_shape(spec: str, wait: bool = True) -> Shape | None:
 
 
 def _is_embedded(spec: str) -> bool:
-    from studio.models import EMBEDDED, EMBEDDED_NAME
+    from studio.models import is_embedded
 
-    return spec == EMBEDDED or spec.replace(" (embedded)", "") == EMBEDDED_NAME
+    return is_embedded(spec)
 
 
 def _converted_config() -> Path:
