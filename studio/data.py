@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from .errors import DataError  # noqa: F401 - re-exported: callers catch it from here
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
@@ -44,8 +45,6 @@ _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _JSON_RECORD_KEYS = ("data", "train", "rows", "records", "examples", "items")
 
 
-class DataError(ValueError):
-    """A message fit to show a user as-is (names file, row, column, field)."""
 
 
 class _RowFault(Exception):
@@ -63,6 +62,10 @@ class Columns:
 
     def given(self) -> bool:
         return any(v for v in (self.prompt, self.chosen, self.rejected, self.system))
+
+    @classmethod
+    def from_config(cls, cfg) -> "Columns":
+        return cls(cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col)
 
 
 @dataclass
@@ -650,13 +653,9 @@ def _measure_prompts(kept, tokenizer, max_length: int | None):
 
 
 def _prompt_tokens(tokenizer, messages: list[dict]) -> int:
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    # transformers 5 returns a BatchEncoding here; older versions a plain list.
-    if isinstance(ids, Mapping):
-        ids = ids["input_ids"]
-    if ids and isinstance(ids[0], list):
-        ids = ids[0]
-    return len(ids)
+    from .models import chat_ids
+
+    return len(chat_ids(tokenizer, messages, add_generation_prompt=True))
 
 
 def _token_stats(pairs: list[dict], prompt: list[int], tokenizer) -> dict | None:
@@ -698,3 +697,55 @@ def token_lengths(pairs: list[dict], tokenizer) -> dict[str, list[int]]:
     rejected = _answer_tokens(tokenizer, [pair["rejected"][0]["content"] for pair in pairs]) if pairs else []
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
             "pair": [p + max(c, r) for p, c, r in zip(prompt, chosen, rejected)]}
+
+
+# --- what a run reads --------------------------------------------------------------------------
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{}\n\n### Response:\n"
+)
+
+
+def load_run_data(cfg, tokenizer):
+    """(all pairs of `data`, train pairs, held-out pairs) exactly as a run with this config uses them.
+
+    The held-out pairs are `eval_data` when set, else a seeded `eval_fraction` of `data`; training
+    and evaluation both call this, so an evaluation scores the very pairs training held out.
+    """
+    columns = Columns.from_config(cfg)
+    data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    if cfg.eval_data:
+        train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    else:
+        train, held_out = data.split(cfg.eval_fraction, cfg.seed)
+    return data, train, held_out
+
+
+def eval_source(cfg) -> str:
+    """Where a run's held-out pairs come from, in words (the Train tab and data.json say it)."""
+    return cfg.eval_data or f"{cfg.eval_fraction:.0%} of the training data (seed {cfg.seed})"
+
+
+def check_sources(cfg) -> None:
+    """Read the run's local data files now, without a tokenizer (fast), so a missing file, an unknown layout or
+    a file with no usable pair is refused before a run starts. Hub ids are left to the run itself."""
+    columns = Columns.from_config(cfg)
+    for source in (cfg.data, cfg.eval_data):
+        if source and (Path(source).exists() or Path(source).suffix.lower() in FORMATS):
+            load_preferences(source, columns)
+
+
+def to_trl(pairs, cfg):
+    """The normalised pairs as a datasets.Dataset in the form the prompt template asks for."""
+    if cfg.prompt_template == "chat":
+        return pairs.to_dataset()
+    from datasets import Dataset
+
+    # The Handbook's recipe: an Alpaca instruction prompt and plain-text answers (TRL appends EOS).
+    rows = []
+    for p in pairs.pairs:
+        users = [m["content"] for m in p["prompt"] if m["role"] == "user"]
+        rows.append({"prompt": ALPACA_TEMPLATE.format(users[-1]), "chosen": p["chosen"][-1]["content"],
+                     "rejected": p["rejected"][-1]["content"]})
+    return Dataset.from_list(rows)

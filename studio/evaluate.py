@@ -29,7 +29,8 @@ import torch
 
 from .runs import Run, get_run
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch (same as studio.chat.BASE)
+from .models import NO_ADAPTER as BASE, chat_ids
+from .errors import EvalError  # noqa: F401 - re-exported: callers catch it from here
 BASELINE_NAME = "SFT baseline"
 HANDBOOK_PROBE = "Write a paragraph to introduce supervised fine-tuning."
 # Used when a run's data has no probes file beside it: the Handbook's probe, then a spread of everyday asks.
@@ -44,8 +45,6 @@ GENERIC_PROBES = [
 PROBE_MAX_NEW_TOKENS = 160  # long enough for a paragraph; 12 probes x 160 tokens is ~1 min per column on 2 CPU cores
 
 
-class EvalError(ValueError):
-    """A message fit to show a user as-is."""
 
 
 def probe_settings(max_new_tokens: int = PROBE_MAX_NEW_TOKENS, seed: int = 0):
@@ -58,17 +57,10 @@ def probe_settings(max_new_tokens: int = PROBE_MAX_NEW_TOKENS, seed: int = 0):
 # --- log-probabilities ------------------------------------------------------------------------
 
 
-def _ids(tokenizer, messages, **kwargs) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    return list(out)
-
-
 def _encode_pair(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int], int]:
     """Token ids of prompt+answer as the trainer sees them, and where the answer starts."""
-    prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=True)
-    full = _ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
+    prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full = chat_ids(tokenizer, prompt + [{"role": "assistant", "content": answer}])
     start = 0
     while start < min(len(prompt_ids), len(full)) and prompt_ids[start] == full[start]:
         start += 1
@@ -141,8 +133,7 @@ def eval_pairs(run: Run, data: str | None = None, tokenizer=None):
     Without `data`: the run's own held-out split, exactly as training made it. With `data`:
     every usable pair of that file (any layout `data check` reads).
     """
-    from .data import Columns, load_preferences
-    from .training import load_run_data
+    from .data import Columns, load_preferences, load_run_data
 
     cfg = run.config()
     if data:
@@ -422,6 +413,33 @@ def result_row(run: Run, result: dict | None = None) -> dict:
 
 
 # --- export -----------------------------------------------------------------------------------
+
+
+def grids_root() -> Path:
+    """Where grids built on request are kept: under the exports folder, which the web app serves downloads from."""
+    from .export import exports_dir
+
+    return exports_dir() / "grids"
+
+
+def publish_grid(grid: dict, name: str) -> list[str]:
+    """Save the grid under grids_root()/name; the CSV and Markdown paths to download."""
+    paths = save_grid(grid, grids_root() / name)
+    return [str(paths["csv"]), str(paths["markdown"])]
+
+
+def latest_grid() -> tuple[dict | None, list[str]]:
+    """The newest grid built on request or by a sweep, and its CSV and Markdown files."""
+    from .sweep import sweeps_root
+
+    found = [p for root in (grids_root(), sweeps_root()) if root.is_dir() for p in root.glob("*/grid.json")]
+    if not found:
+        return None, []
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    grid = json.loads(newest.read_text(encoding="utf-8"))
+    if newest.parent.parent == sweeps_root():  # a sweep's grid: copy it where downloads are served from
+        return grid, publish_grid(grid, newest.parent.name)
+    return grid, [str(newest.with_suffix(".csv")), str(newest.with_suffix(".md"))]
 
 
 def save_grid(grid: dict, folder: str | Path, name: str = "grid") -> dict[str, Path]:

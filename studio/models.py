@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Hardware, RunConfig, detect_hardware, studio_home
+from .errors import ModelError  # noqa: F401 - re-exported: callers catch it from here
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -29,8 +30,19 @@ CHATML = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "
 _convert_lock = threading.Lock()
 
 
-class ModelError(RuntimeError):
-    """A message fit to show a user as-is."""
+
+
+NO_ADAPTER = "__base__"  # PEFT's adapter name for "adapter off" in a mixed batch (per-row adapter_names)
+
+
+def chat_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
+    """Token ids of a conversation through the tokenizer's chat template (transformers 5 returns a BatchEncoding)."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return list(out)
 
 
 def is_embedded(spec: str) -> bool:
@@ -270,6 +282,27 @@ def _check_targets(model, cfg: RunConfig) -> None:
         raise ModelError(
             f"lora_target_modules {missing} are not modules of {cfg.model}. Its linear layers: {', '.join(linear)}"
         )
+
+
+def check_targets_in_config(path: str, cfg: RunConfig) -> None:
+    """The LoRA target modules exist in the model, read from its config on the meta device (no weights loaded).
+
+    A model whose code is not in transformers (it needs trust_remote_code) is refused: the studio never
+    runs code downloaded with a model.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelError(f"{cfg.model} needs custom code from its repository (trust_remote_code), which the "
+                             "studio never runs. Use a model whose architecture transformers ships.") from None
+        raise ModelError(f"{cfg.model} cannot be built as a causal language model here: {e}") from None
+    _check_targets(model, cfg)
 
 
 def backend_record(backend: str, hw: Hardware, dtype: str) -> dict:

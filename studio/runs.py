@@ -31,6 +31,42 @@ def runs_root() -> Path:
     return studio_home() / "runs"
 
 
+def claim_run_dir(run_dir: Path | None, label: str = "run") -> Path:
+    """Create a run's folder so that no other run, in this process or another, can have it.
+
+    Without `run_dir` a new id under runs/ is claimed with an exclusive mkdir (two processes started in
+    the same second get two folders). A given folder must be new or empty: a run never writes into
+    someone else's files.
+    """
+    from .errors import ConfigError
+
+    if run_dir is None:
+        root = runs_root()
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = root / new_run_id(label)
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue  # claimed by another process since new_run_id looked
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder: give a new or empty folder for the run.")
+    if path.is_dir() and any(path.iterdir()):
+        what = "an earlier run" if (path / "status.json").is_file() else "files that are not a run of this studio"
+        raise ConfigError(f"--out {path} is not empty (it holds {what}); give a new or empty folder so nothing "
+                          "there is overwritten.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"Cannot write the run folder {path}: {e.strerror or e}.") from None
+    return path
+
+
 def new_run_id(label: str = "run") -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = runs_root()
@@ -149,6 +185,26 @@ class Run:
         path = self.path / name
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
+    def progress(self) -> dict:
+        """The same dict as TrainingJob.progress(), read from the folder (a run of another process, or a past one)."""
+        status = self.status()
+        state, started = status.get("state", "unknown"), status.get("started")
+        live = state in LIVE_STATES
+        end = time.time() if live else (status.get("finished") or status.get("updated"))
+        elapsed = end - started if started and end else None
+        step, total = status.get("step") or 0, status.get("total_steps")
+        eta = elapsed / step * (total - step) if live and elapsed and step and total else None
+        return {"state": state, "phase": status.get("phase", state), "step": step, "total_steps": total,
+                "elapsed": elapsed, "eta": eta, "error": status.get("error"), "run": self.id}
+
+    def exists(self) -> bool:
+        return (self.path / "status.json").is_file()
+
+    def metrics_size(self) -> int:
+        """Bytes in metrics.jsonl: grows with every logged row, so a reader can tell cheaply that it changed."""
+        path = self.path / "metrics.jsonl"
+        return path.stat().st_size if path.is_file() else 0
+
     def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
         return read_jsonl(path) if path.is_file() else []
@@ -238,5 +294,7 @@ def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset())
 
 def delete_run(run: Run) -> None:
     if run.state in LIVE_STATES and _pid_alive(run.status().get("pid")):
-        raise RuntimeError(f"Run {run.id} is still {run.state}; stop it before deleting it.")
+        from .errors import JobBusy
+
+        raise JobBusy(f"Run {run.id} is still {run.state}; stop it before deleting it.")
     shutil.rmtree(run.path)

@@ -18,16 +18,16 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 import time
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, coerce, field_names, resolve_for_hardware, studio_home
-from .runs import Run, _atomic_write, new_run_id, runs_root
+from .jobs import Job, active as active_job
+from .runs import Run, _atomic_write
 
 MAX_SETTINGS = 2  # a 2-D grid still reads as a table; more axes are better done one at a time
 MAX_RUNS = 12  # on CPU each run is minutes; a dozen is an afternoon
-UNSWEEPABLE = ("model", "lora_target_modules")  # one base model per comparison; list values can't be comma-split
+UNSWEEPABLE = ("model", "lora_target_modules", "loss_weights")  # one base model per comparison; lists of many values
 STATES = ("queued", "training", "evaluating", "done", "stopped", "failed")
 LIVE_STATES = ("queued", "training", "evaluating")  # the sweep still has work to do
 
@@ -76,15 +76,16 @@ def check_grid(grid: dict[str, list]) -> dict[str, list]:
     return checked
 
 
-class Sweep:
-    """A queue of runs over the product of the grid's values, trained one after another in a thread."""
+class Sweep(Job):
+    """A queue of runs over the product of the grid's values, trained one after another on the job slot."""
 
-    _active: "Sweep | None" = None  # the sweep this process runs (one at a time, like TrainingJob)
+    kind = "sweep"
 
     def __init__(self, base_cfg: RunConfig, grid: dict[str, list], preset: str | None = None,
                  sweep_id: str | None = None, evaluate: bool = True, probes: list[str] | None = None,
                  settings=None):
         self.base = base_cfg
+        super().__init__()
         self.grid = check_grid(grid)
         self.preset = preset
         self.evaluate = evaluate
@@ -97,62 +98,39 @@ class Sweep:
         if not base_cfg.data:
             raise ConfigError("No preference data: set data to a file or a hub dataset id.")
         self.id = sweep_id or _new_sweep_id(preset)
+        self.title = f"sweep {self.id}"
         self.path = sweeps_root() / self.id
-        self.state = "queued"
-        self.error: str | None = None
         self.current = None  # the TrainingJob that runs now
         self.index = -1  # which combination runs now (0-based)
         self.runs: list[Run] = []
         self.entries: list[dict] = [{"values": v, "run": None, "state": "queued"} for v in self.values]
         self.results: dict[str, dict] = {}  # run id -> evaluate_run() result
         self.probe_grid: dict | None = None  # studio.evaluate.probe_grid() of the finished runs
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def configs(self) -> list[RunConfig]:
         """Every combination of the grid applied to the base config, in queue order."""
         return list(self._configs)
 
-    # --- control ---
-    def start(self) -> "Sweep":
-        from .training import JobBusy, TrainingJob
-
-        active = TrainingJob.active()
-        if active is not None and active.is_alive():
-            raise JobBusy(f"A training job is already running: {active.run.id} ({active.state}). Stop it first.")
-        active_sweep = Sweep.active()
-        if active_sweep is not None:
-            raise JobBusy(f"A sweep is already running: {active_sweep.id} ({active_sweep.state}). Stop it first.")
-        Sweep._active = self
+    # --- control (the slot, stop, wait and is_alive come from Job) ---
+    def before_start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.started = time.time()
+        self.started = self.started_at
         self._save()
-        self._thread = threading.Thread(target=self._main, name=f"sweep-{self.id}", daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
         """End the current run at its next step (its adapter is saved) and skip the rest."""
-        self._stop.set()
+        super().stop()
         if self.current is not None:
             self.current.stop()
-
-    def wait(self, timeout: float | None = None) -> str:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.state
-
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     @classmethod
     def active(cls) -> "Sweep | None":
         """The sweep running in this process, if any (a finished one is no longer active)."""
-        sweep = cls._active
-        return sweep if sweep is not None and sweep.is_alive() else None
+        job = active_job()
+        return job if isinstance(job, Sweep) else None
 
     # --- the thread ---
-    def _main(self) -> None:
+    def _run(self) -> None:
         try:
             for i, cfg in enumerate(self._configs):
                 if self._stop.is_set():
@@ -173,28 +151,22 @@ class Sweep:
             self.current = None
 
     def _train(self, i: int, cfg: RunConfig) -> None:
-        from .training import JobBusy, TrainingJob
+        from .training import TrainingJob
 
         label = _slug("-".join(f"{_short(k)}{value_text(v)}" for k, v in self.values[i].items()))
-        run_dir = runs_root() / new_run_id(f"{_slug(self.preset or 'sweep')}-{label}")
-        job = TrainingJob(cfg, run_dir=run_dir, preset=self.preset)
-        while True:  # another job (e.g. started in the web app) holds the machine: wait in the queue
-            try:
-                job.start()
-                break
-            except JobBusy:
-                if self._stop.is_set():
-                    self.entries[i]["state"] = "skipped"
-                    return
-                time.sleep(1.0)
+        job = TrainingJob(cfg, preset=self.preset, label=f"{_slug(self.preset or 'sweep')}-{label}")
+        job.started_at = time.time()
+        job.before_start()  # the sweep holds the slot: its runs train in its thread, one after another
         self.current = job
         self.runs.append(job.run)
         job.run.write_json("sweep.json", {"sweep": self.id, "index": i, "values": self.values[i], "grid": self.grid})
         self.entries[i].update(run=job.run.id, state="training")
         self._set("training")
+        self.report(f"training run {i + 1}/{len(self._configs)}", i, len(self._configs))
         if self._stop.is_set():  # stop() came between the check and the start
             job.stop()
-        job.wait()
+        job._inline = True
+        job._run()
         self.entries[i]["state"] = job.state
         self.current = None
 
@@ -209,15 +181,17 @@ class Sweep:
             return
         engine = ChatEngine(self.base.model, dtype=torch.float32)  # one base model for every run's adapter
         probes = self.probes if self.probes is not None else default_probes(done[0])
-        for run in done:
+        for k, run in enumerate(done):
             if self._stop.is_set():
                 return
+            self.report(f"evaluating run {k + 1}/{len(done)}", k, len(done))
             try:
                 self.results[run.id] = evaluate_run(run, engine=engine, probes=probes, settings=self.settings)
             except Exception as e:  # noqa: BLE001 - one bad run must not hide the others' numbers
                 self.results[run.id] = {"error": f"{type(e).__name__}: {e}"}
             self._save()
         if probes and not self._stop.is_set():
+            self.report("building the probe grid", len(done), len(done))
             # Each run's answers were kept by evaluate_run (probes.json): only the baseline column is new.
             self.probe_grid = probe_grid(done, probes, engine=engine, settings=self.settings)
             save_grid(self.probe_grid, self.path)
@@ -290,7 +264,9 @@ def _short(key: str) -> str:
 
 
 def value_text(value) -> str:
-    """A swept value as a label shows it: 5e-05, not 5.0e-05."""
+    """A swept value as a label shows it: 5e-05, not 5.0e-05; a list of losses as sigmoid+sft."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(value_text, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -1,132 +1,181 @@
-"""`TrainingJob`: one DPO run in a background thread, streaming every logged metric to its run folder.
+"""`TrainingJob`: one DPO run on the job slot, streaming every logged metric to its run folder.
 
-    job = TrainingJob(cfg).start()      # returns at once; training runs in a thread
+    job = TrainingJob(cfg).start()      # returns at once; training runs in a thread (JobBusy if the slot is taken)
     job.metrics.since(i)                # everything logged since index i, while it trains
+    job.progress()                      # state, named phase, step/total, ETA (warm-up and evaluation left out)
     job.stop()                          # ends at the next step and still saves the adapter
     job.wait()
+
+Work is never silently lost or poisoned: an adapter snapshot is saved after the first step and
+every `save_steps`, each only when the adapter's weights are finite; a loss that turns NaN or
+infinite ends the run as `failed` at that step, keeping the last finite snapshot; a run folder
+removed mid-run ends the run as `failed` instead of being recreated half-empty.
 """
 
 from __future__ import annotations
 
-import threading
+import math
+import os
+import statistics
 import time
 import traceback
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .config import ConfigError, Hardware, RunConfig, detect_hardware, resolve_for_hardware
-from .runs import MetricsLog, Run, new_run_id, runs_root
-
-ALPACA_TEMPLATE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{}\n\n### Response:\n"
-)
+from .config import Hardware, RunConfig, detect_hardware, resolve_for_hardware
+from .errors import ConfigError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
+from .jobs import Job, active as active_job
+from .runs import MetricsLog, Run, claim_run_dir, runs_root
 
 
-class JobBusy(RuntimeError):
-    """Raised when a second job is started while one runs in this process."""
+class RunFolderGone(StudioError):
+    """The run folder was removed while the run was writing to it."""
 
 
-class TrainingJob:
-    # One job per process: two trainings would fight over the same cores or GPU memory.
-    _active: "TrainingJob | None" = None
-    _active_lock = threading.Lock()
+class NonFiniteTraining(StudioError):
+    """The loss or the adapter's weights became NaN or infinite."""
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Everything a run needs, checked before anything is written: the model resolves and can be built here,
+    the LoRA targets exist in it, and the data (and held-out data) yield pairs with its tokenizer.
+
+    Raises a StudioError naming the problem; the CLI exits 2 and the web app shows it where Start was
+    pressed, and no run folder exists yet.
+    """
+    from .data import load_run_data
+    from .models import check_targets_in_config, load_tokenizer, resolve_model
+
+    path = resolve_model(cfg.model)
+    check_targets_in_config(path, cfg)
+    _, train, _ = load_run_data(cfg, load_tokenizer(path))
+    if not len(train):
+        raise ConfigError(f"No training pairs are left in {cfg.data} once the held-out pairs are set aside.")
+
+
+class TrainingJob(Job):
+    kind = "train"
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, preset: str | None = None,
-                 hardware: Hardware | None = None):
+                 hardware: Hardware | None = None, label: str | None = None):
+        super().__init__()
         self.hardware = hardware or detect_hardware()
         self.requested = config
         self.config = resolve_for_hardware(config, self.hardware)  # raises ConfigError before any folder exists
         if not self.config.data:
             raise ConfigError("No preference data: set data to a JSONL / JSON / CSV / Parquet file or a hub dataset id.")
         self.preset = preset
-        self.run = Run(Path(run_dir) if run_dir else runs_root() / new_run_id(preset or "run"))
+        self._label = label or preset or "run"  # the readable part of a new run id
+        self._run_dir = Path(run_dir) if run_dir else None
+        self.run = Run(self._run_dir or runs_root() / "(not started)")
+        self.title = f"training {preset or 'run'}"
         self.metrics = MetricsLog(None)
-        self.state = "queued"
-        self.error: str | None = None
         self.step = 0
         self.total_steps: int | None = None
-        self.started_at: float | None = None
         self.first_log_at: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # --- control ---
-    def start(self) -> "TrainingJob":
-        with TrainingJob._active_lock:
-            active = TrainingJob._active
-            if active is not None and active.is_alive():
-                raise JobBusy(f"A training job is already running: {active.run.id} ({active.state}). Stop it first.")
-            TrainingJob._active = self
-        self.run.create()
-        self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
-        self.started_at = time.time()
-        self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name)
-        self._set("queued", started=self.started_at)
-        self._thread = threading.Thread(target=self._main, name=f"train-{self.run.id}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> str:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.state
-
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        self.last_snapshot: int | None = None  # the step of the newest adapter snapshot on disk
+        self._step_seconds: list[float] = []  # time per optimizer step, evaluation time taken out
+        self._last_step_end: float | None = None
+        self._eval_seconds: list[float] = []  # duration of each held-out evaluation
+        self._eval_started: float | None = None
+        self._eval_in_step = 0.0
+        self._eval_count = 0
+        self._stopped_at: float | None = None
 
     @classmethod
     def active(cls) -> "TrainingJob | None":
-        return cls._active
+        """The training running in this process: the job on the slot, or the run a sweep is on now."""
+        job = active_job()
+        if isinstance(job, TrainingJob):
+            return job
+        current = getattr(job, "current", None)
+        return current if isinstance(current, TrainingJob) and current.is_alive() else None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "title": f"training run {self.run.id}", "run": self.run.id}
+
+    # --- lifecycle ---
+    def before_start(self) -> None:
+        self.run = Run(claim_run_dir(self._run_dir, self._label))
+        self.title = f"training run {self.run.id}"
+        self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
+        self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name)
+        self._set("queued", started=self.started_at)
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stopped_at = time.time()
+        super().stop()
 
     def progress(self) -> dict:
-        elapsed = time.time() - self.started_at if self.started_at else 0.0
-        eta = None
-        if self.total_steps and self.step and self.first_log_at:
-            per_step = (time.time() - self.first_log_at) / max(self.step - 1, 1)
-            eta = per_step * (self.total_steps - self.step)
-        return {"state": self.state, "step": self.step, "total_steps": self.total_steps, "elapsed": elapsed,
-                "eta": eta, "error": self.error, "run": self.run.id}
+        p = super().progress()
+        return {**p, "state": self.state, "step": self.step, "total_steps": self.total_steps, "eta": self.eta(),
+                "run": self.run.id}
 
-    # --- the thread ---
-    def _set(self, state: str, **fields) -> None:
+    def eta(self) -> float | None:
+        """Median recent step time x steps left, plus the planned evaluations at their measured length.
+
+        The first step (warm-up) and the time spent evaluating are left out of the step times, so the
+        ETA neither starts too low nor climbs while the trainer evaluates.
+        """
+        if self.state not in ("training", "evaluating") or not self.total_steps or len(self._step_seconds) < 1:
+            return None
+        times = self._step_seconds[1:] or self._step_seconds
+        left = max(self.total_steps - self.step, 0)
+        eta = statistics.median(times[-10:]) * left
+        every = self.config.eval_steps
+        if self._eval_seconds and every:
+            planned = left // every + (0 if self.total_steps % every == 0 else 1)
+            eta += planned * statistics.median(self._eval_seconds)
+        if self.phase.startswith("evaluating") and self._eval_seconds and self._eval_started:
+            eta += max(statistics.median(self._eval_seconds) - (time.time() - self._eval_started), 0)
+        return eta
+
+    def _set(self, state: str, phase: str | None = None, **fields) -> None:
         self.state = state
-        self.run.write_status(state=state, step=self.step, total_steps=self.total_steps, error=self.error,
-                              pid=_pid(), **fields)
+        self.phase = phase or state
+        if not self.run.path.is_dir():  # never recreate a folder someone removed: it would lack its config
+            return
+        self.run.write_status(state=state, phase=self.phase, step=self.step, total_steps=self.total_steps,
+                              error=self.error, pid=os.getpid(), **fields)
 
-    def _main(self) -> None:
+    def _run(self) -> None:
         trainer = None
         try:
-            self._set("loading")
+            self._set("loading", "preparing data")
             trainer = self._build_trainer()
             if self._stop.is_set():
-                raise _StoppedEarly
-            self._set("training")
+                self._set("stopped", "stopped before training began", finished=time.time())
+                return
+            self._set("training", "training")
             trainer.train()
-            if not self._stop.is_set():
+            if self.error:  # a non-finite loss or a vanished folder stopped the trainer
+                raise self._failure
+            finished_all = self.total_steps is not None and self.step >= self.total_steps
+            if finished_all or not self._stop.is_set():
                 self._final_eval(trainer)
-            self._set("saving")
+            self._set("saving", "saving the adapter")
             save_adapter(trainer.model, self.run.adapter_dir)
-            self._set("stopped" if self._stop.is_set() else "done", finished=time.time())
-        except _StoppedEarly:
-            self._set("stopped", finished=time.time())
+            self.last_snapshot = self.step
+            stopped = self._stop.is_set() and not finished_all
+            self._set("stopped" if stopped else "done", finished=time.time())
         except BaseException as e:  # noqa: BLE001 - the run must end in a state, whatever went wrong
-            self.error = _user_message(e)
-            (self.run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-            if trainer is not None and self.step > 0:
-                try:  # never lose work: keep what was trained up to the failure
-                    save_adapter(trainer.model, self.run.adapter_dir)
-                except Exception:  # noqa: BLE001
-                    pass
+            self.error = self.error or user_message(e) or f"{type(e).__name__}: {e}"
+            if self.run.path.is_dir():
+                (self.run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+                if trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining):
+                    try:  # never lose work: keep what was trained up to the failure, if it is sound
+                        if adapter_is_finite(trainer.model):
+                            save_adapter(trainer.model, self.run.adapter_dir)
+                            self.last_snapshot = self.step
+                    except Exception:  # noqa: BLE001
+                        pass
             self._set("failed", finished=time.time())
-        finally:
-            with TrainingJob._active_lock:
-                if TrainingJob._active is self:
-                    TrainingJob._active = None
+
+    def _fail(self, error: StudioError, control) -> None:
+        self.error, self._failure = str(error), error
+        control.should_training_stop = True
 
     def _final_eval(self, trainer) -> None:
         if trainer.eval_dataset is None:
@@ -136,101 +185,39 @@ class TrainingJob:
             trainer.evaluate()
 
     def _build_trainer(self):
+        from .data import eval_source, load_run_data, to_trl
         from .models import load_for_training, load_tokenizer, resolve_model
 
         cfg = self.config
         tokenizer = load_tokenizer(resolve_model(cfg.model))
         data, train, held_out = load_run_data(cfg, tokenizer)
-        self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train), "eval_pairs": len(held_out),
-                                          "eval_source": cfg.eval_data or f"{cfg.eval_fraction:.0%} of data (seed {cfg.seed})"})
+        self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train),
+                                          "eval_pairs": len(held_out), "eval_source": eval_source(cfg)})
+        self._set("loading", "loading the model")
         loaded = load_for_training(cfg, self.hardware)
         self.run.write_config(self.config, preset=self.preset, **loaded.backend)
+        self.eval_pairs = len(held_out)
         return build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
                              output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self)])
 
 
-def load_run_data(cfg: RunConfig, tokenizer):
-    """(all pairs of `data`, train pairs, held-out pairs) exactly as a run with this config uses them.
-
-    The held-out pairs are `eval_data` when set, else a seeded `eval_fraction` of `data`; training
-    and evaluation both call this, so an evaluation scores the very pairs training held out.
-    """
-    from .data import Columns, load_preferences
-
-    columns = Columns(cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col)
-    data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
-    if cfg.eval_data:
-        train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
-    else:
-        train, held_out = data.split(cfg.eval_fraction, cfg.seed)
-    return data, train, held_out
-
-
-class _StoppedEarly(Exception):
-    pass
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _user_message(e: BaseException) -> str:
-    from .data import DataError
-    from .models import ModelError
-
-    if isinstance(e, (DataError, ModelError, ConfigError)):
-        return str(e)
-    if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
-        return f"Out of memory: {e}. Lower per_device_train_batch_size or max_length, or use method qlora on a GPU."
-    return f"{type(e).__name__}: {e}"
-
-
-def to_trl(pairs, cfg: RunConfig):
-    """The normalised pairs as a datasets.Dataset in the form the prompt template asks for."""
-    if cfg.prompt_template == "chat":
-        return pairs.to_dataset()
-    from datasets import Dataset
-
-    # The Handbook's recipe: an Alpaca instruction prompt and plain-text answers (TRL appends EOS).
-    rows = []
-    for p in pairs.pairs:
-        users = [m["content"] for m in p["prompt"] if m["role"] == "user"]
-        rows.append({"prompt": ALPACA_TEMPLATE.format(users[-1]), "chosen": p["chosen"][-1]["content"],
-                     "rejected": p["rejected"][-1]["content"]})
-    return Dataset.from_list(rows)
-
-
 def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):
+    """TRL's DPOConfig: every setting RunConfig shares with TRL by name, plus what the studio fixes."""
     from trl import DPOConfig
 
+    shared = cfg.trl_kwargs()
+    shared.update(bf16=bool(cfg.bf16), gradient_checkpointing=bool(cfg.gradient_checkpointing))
     return DPOConfig(
         output_dir=str(output_dir),
-        learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        optim=cfg.optim,
-        seed=cfg.seed,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        max_length=cfg.max_length,
-        bf16=bool(cfg.bf16),
         fp16=False,
-        gradient_checkpointing=bool(cfg.gradient_checkpointing),
-        logging_steps=cfg.logging_steps,
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps or None,
         save_strategy="no",  # the job saves the adapter itself, without the frozen "ref" copy
         report_to="none",
         disable_tqdm=disable_tqdm,
         dataloader_num_workers=0,
+        **shared,
     )
 
 
@@ -260,40 +247,106 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
     return trainer
 
 
+def adapter_is_finite(model) -> bool:
+    """True when every trainable (adapter) weight is a finite number: a NaN snapshot is worse than none."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
 def save_adapter(model, adapter_dir: Path) -> None:
-    """Save only the trained adapter ("default"): TRL may hold a frozen copy named "ref" beside it."""
+    """Save only the trained adapter ("default"), atomically: a crash mid-save leaves the previous snapshot.
+
+    TRL may hold a frozen copy named "ref" beside it, which is left out.
+    """
     import shutil
 
+    if not adapter_dir.parent.is_dir():
+        raise RunFolderGone(f"The run folder {adapter_dir.parent} was removed while the run was saving to it.")
     tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    old = adapter_dir.with_name(adapter_dir.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=["default"])
-    shutil.rmtree(adapter_dir, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if adapter_dir.exists():
+        adapter_dir.rename(old)
     tmp.rename(adapter_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Recorder(TrainerCallback):
-    """Pushes every logged dict to the job's metrics log and checks the stop flag after each step."""
+    """Pushes every logged dict to the job's metrics log, names the phase, guards the weights, checks stop."""
 
     def __init__(self, job: TrainingJob):
         self.job = job
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.job.total_steps = state.max_steps
-        self.job._set("training")
+        self.job._last_step_end = time.time()
+        self.job._set("training", "training")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
-        now = time.time()
-        if self.job.first_log_at is None:
-            self.job.first_log_at = now
-        self.job.metrics.append({"step": state.global_step, "time": now, **logs})
+        job, now = self.job, time.time()
+        if job.first_log_at is None:
+            job.first_log_at = now
+        bad = {k: v for k, v in logs.items() if k in ("loss", "grad_norm", "eval_loss")
+               and isinstance(v, float) and not math.isfinite(v)}
+        job.metrics.append({"step": state.global_step, "time": now, **logs})
+        if bad:
+            kept = (f"the adapter on disk is the last finite snapshot (step {job.last_snapshot})"
+                    if job.last_snapshot else "no finite snapshot was saved before it")
+            key, value = next(iter(bad.items()))
+            job._fail(NonFiniteTraining(
+                f"{key} became {value} at step {state.global_step}: training diverged; {kept}. "
+                "Lower the learning rate or beta, or check the data for empty or huge answers."), control)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        job = self.job
+        if job._eval_started is not None:
+            seconds = time.time() - job._eval_started
+            job._eval_seconds.append(seconds)
+            job._eval_in_step += seconds
+            job._eval_started = None
+        job._set("training", "stopping after this step" if job.stopping() else "training")
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        job = self.job
+        if job._eval_started is None:
+            job._eval_started = time.time()
+            job._eval_count += 1
+            job._eval_batch = 0
+        job._eval_batch += 1
+        pairs = getattr(job, "eval_pairs", 0)
+        done = min(job._eval_batch * args.per_device_eval_batch_size, pairs)
+        if job._eval_batch == 1 or done == pairs or job._eval_batch % 2 == 0:
+            job._set("training", f"evaluating {done}/{pairs} held-out pairs")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        job = self.job
+        job, now = self.job, time.time()
         job.step = state.global_step
+        if job._last_step_end is not None:
+            job._step_seconds.append(max(now - job._last_step_end - job._eval_in_step, 0.0))
+        job._last_step_end, job._eval_in_step = now, 0.0
+        if not job.run.path.is_dir():
+            job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained "
+                                    f"(at step {job.step}); nothing more can be saved."), control)
+            return
+        if job.error:
+            return
+        snapshot = model is not None and (job.step == 1 or (job.config.save_steps and job.step % job.config.save_steps == 0))
         if job._stop.is_set():
             control.should_training_stop = True
-        elif job.config.save_steps and state.global_step % job.config.save_steps == 0 and model is not None:
-            save_adapter(model, job.run.adapter_dir)
-        job.run.write_status(step=job.step, total_steps=job.total_steps)
+            job._set("training", "stopping after this step")
+        elif snapshot:
+            if adapter_is_finite(model):
+                save_adapter(model, job.run.adapter_dir)
+                job.last_snapshot = job.step
+            else:
+                kept = f"step {job.last_snapshot}" if job.last_snapshot else "none was saved"
+                job._fail(NonFiniteTraining(f"The adapter's weights became NaN or infinite at step {job.step}: "
+                                            f"training diverged; the last finite snapshot is kept ({kept})."), control)
+                return
+        if job.run.path.is_dir():
+            job.run.write_status(step=job.step, total_steps=job.total_steps)

@@ -13,12 +13,12 @@ import gradio as gr
 
 from studio.chat import GenerationSettings
 from studio.config import load_preset, preset_names
+from studio.evaluate import HANDBOOK_PROBE
 from studio.models import ModelError, display_name
 from studio.runs import LIVE_STATES, get_run, list_runs
 
 from .common import Services, user_message
 
-HANDBOOK_PROMPT = "Write a paragraph to introduce supervised fine-tuning."  # the LLM Engineer's Handbook's probe
 THINKING = "…"
 
 
@@ -33,7 +33,7 @@ def run_choices() -> list[tuple[str, str]]:
 
 
 def sample_prompts() -> list[str]:
-    prompts = [HANDBOOK_PROMPT]
+    prompts = [HANDBOOK_PROBE]
     for name in preset_names():
         for prompt in load_preset(name).card.get("sample_prompts") or []:
             if prompt not in prompts:

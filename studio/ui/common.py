@@ -6,12 +6,15 @@ The UI keeps no state of its own that matters: a run lives in its folder and in 
 
 from __future__ import annotations
 
+import functools
 import gc
 import html
 import threading
 import time
 
-from studio.config import ConfigError
+import gradio as gr
+
+from studio.errors import user_message  # noqa: F401 - the tabs' one import for it
 
 class ChatEngines:
     """One `ChatEngine` (one base model, one dtype) at a time, loaded on first use.
@@ -58,16 +61,25 @@ class Services:
             return self._tokenizers[model_spec]
 
 
-def user_message(error: BaseException) -> str | None:
-    """The message of an error meant for users (engine errors say what to do); None for a bug."""
-    from studio.data import DataError
-    from studio.evaluate import EvalError
-    from studio.models import ModelError
-    from studio.training import JobBusy
+def user_errors(title: str, fallback=None):
+    """The one error policy of the handlers: a StudioError becomes a warning where the user acted.
 
-    if isinstance(error, (ConfigError, DataError, EvalError, ModelError, JobBusy, FileNotFoundError)):
-        return str(error)
-    return None
+    `fallback(self, message)` gives the handler's outputs in that case (default: change nothing).
+    Anything else is a bug and propagates with its traceback to the server log.
+    """
+    def wrap(handler):
+        @functools.wraps(handler)
+        def inner(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - sorted by user_message below
+                message = user_message(e)
+                if message is None:
+                    raise
+                gr.Warning(message, title=title)
+                return fallback(args[0], message) if fallback else gr.skip()
+        return inner
+    return wrap
 
 
 def duration(seconds: float | None) -> str:

@@ -10,42 +10,26 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from studio.config import LOSS_TYPES, ConfigError, preset_names
+from studio import jobs
+from studio.config import label_of, preset_names, sweepable
+from studio.errors import ConfigError, EvalError
 from studio.evaluate import (
-    MEASURE_LABELS, PROBE_MAX_NEW_TOKENS, EvalError, default_probes, evaluate_run, probe_grid, probe_settings,
-    result_row, save_grid,
+    MEASURE_LABELS, PROBE_MAX_NEW_TOKENS, default_probes, evaluate_run, latest_grid, probe_grid, probe_settings,
+    publish_grid, result_row,
 )
-from studio.export import exports_dir
 from studio.runs import LIVE_STATES, get_run, list_runs
 from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweeps_root, value_text
 
-from .common import Services, escape, number, overlay, user_message
-from .train_tab import STATUS_CSS, config_from_widgets, error_html
+from .common import Services, escape, number, overlay, user_errors
+from .form import config_from_widgets
+from .status import STATUS_CSS, error_html
 
 POLL_SECONDS = 1.0
 NONE = "(none)"
-# What a sweep usually varies, with values worth trying on a small model; any value can be typed in.
-SUGGESTED = {
-    "learning_rate": [1e-5, 5e-5, 1e-4, 2e-4, 3e-4],
-    "beta": [0.05, 0.1, 0.2, 0.5],
-    "loss_type": list(LOSS_TYPES),
-    "lora_r": [4, 8, 16, 32],
-    "lora_alpha": [8, 16, 32, 64],
-    "lora_dropout": [0.0, 0.05, 0.1],
-    "max_steps": [10, 20, 40, 80],
-    "num_train_epochs": [1, 2, 3],
-    "warmup_steps": [0, 4, 10],
-    "per_device_train_batch_size": [1, 2, 4],
-    "gradient_accumulation_steps": [1, 2, 4],
-    "max_length": [128, 256, 512],
-    "weight_decay": [0.0, 0.01],
-    "seed": [0, 1, 2],
-}
 TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, under their own names)
     "run": "run", "state": "state", "step": "steps", "seconds": "seconds", "loss": "loss", "margins": "train margin",
     "pairs": "pairs", "baseline_accuracy": "baseline acc", "tuned_accuracy": "tuned acc",
@@ -100,28 +84,6 @@ def grid_view(grid: dict | None) -> gr.Dataframe:
     return gr.Dataframe(grid_frame(grid), column_widths=grid_widths(grid))
 
 
-def grids_root() -> Path:
-    return exports_dir() / "grids"  # under the folder the app serves downloads from
-
-
-def grid_files(grid: dict, name: str) -> list[str]:
-    """Write the grid as grid.json/.csv/.md under the exports folder; the CSV and Markdown to download."""
-    paths = save_grid(grid, grids_root() / name)
-    return [str(paths["csv"]), str(paths["markdown"])]
-
-
-def latest_grid() -> tuple[dict | None, list[str]]:
-    """The newest grid the app or a sweep saved, and its files, so a reload shows it again."""
-    found = [p for root in (grids_root(), sweeps_root()) if root.is_dir() for p in root.glob("*/grid.json")]
-    if not found:
-        return None, []
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    grid = json.loads(newest.read_text(encoding="utf-8"))
-    if newest.parent.parent == sweeps_root():  # a sweep's grid: copy it where downloads are served from
-        return grid, grid_files(grid, newest.parent.name)
-    return grid, [str(newest.with_suffix(".csv")), str(newest.with_suffix(".md"))]
-
-
 def sweep_html(record: dict | None) -> str:
     if not record:
         return '<div class="ds-status"><span class="ds-muted">No sweep yet.</span></div>'
@@ -162,9 +124,9 @@ class CompareTab:
                             "after another, then each is evaluated and the probe grid is built.",
                             elem_classes="ds-caption")
                 with gr.Row():
-                    keys = list(SUGGESTED)
+                    keys = [(label_of(k), k) for k in sweepable()]
                     self.key1 = gr.Dropdown(keys, value="learning_rate", label="Vary", scale=1, elem_id="sweep-key1")
-                    self.values1 = gr.Dropdown([value_text(v) for v in SUGGESTED["learning_rate"]], value=["5e-05", "0.0002"],
+                    self.values1 = gr.Dropdown([value_text(v) for v in sweepable()["learning_rate"]], value=["5e-05", "0.0002"],
                                                multiselect=True, allow_custom_value=True, label="values", scale=3,
                                                elem_id="sweep-values1")
                 with gr.Row():
@@ -286,29 +248,24 @@ class CompareTab:
     def suggest(self, key: str):
         if not key or key == NONE:
             return gr.Dropdown(choices=[], value=[])
-        return gr.Dropdown(choices=[value_text(v) for v in SUGGESTED.get(key, [])], value=[])
+        return gr.Dropdown(choices=[value_text(v) for v in sweepable().get(key, [])], value=[])
 
+    @user_errors("Cannot start the sweep", lambda self, message: {self.sweep_status: error_html(message)})
     def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
               **fields) -> dict:
-        try:
-            grid = {key1: list(values1 or [])}
-            if key2 and key2 != NONE:
-                if key2 == key1:
-                    raise ConfigError(f"{key1} is chosen twice; pick two different settings or leave the second at {NONE}.")
-                grid[key2] = list(values2 or [])
-            for key, values in grid.items():
-                if not values:
-                    raise ConfigError(f"Pick at least one value of {key} to sweep.")
-            cfg = config_from_widgets(fields)
-            probes = prompt_lines(prompts) or None
-            sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
-                          settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
-        except Exception as e:  # noqa: BLE001 - user errors become a message; anything else is a bug and re-raised
-            message = user_message(e)
-            if message is None:
-                raise
-            gr.Warning(message, title="Cannot start the sweep")
-            return {self.sweep_status: error_html(message)}
+        grid = {key1: list(values1 or [])}
+        if key2 and key2 != NONE:
+            if key2 == key1:
+                raise ConfigError(f"{label_of(key1)} is chosen twice; pick two different settings or leave the "
+                                  f"second at {NONE}.")
+            grid[key2] = list(values2 or [])
+        for key, values in grid.items():
+            if not values:
+                raise ConfigError(f"Pick at least one value of {label_of(key)} to sweep.")
+        cfg = config_from_widgets(fields)
+        probes = prompt_lines(prompts) or None
+        sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
+                      settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
         record = sweep.to_dict()
         gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
         return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
@@ -350,7 +307,7 @@ class CompareTab:
         if grid_path.is_file():
             grid = json.loads(grid_path.read_text(encoding="utf-8"))
             out[self.grid] = grid_view(grid)
-            out[self.files] = grid_files(grid, record["id"])
+            out[self.files] = publish_grid(grid, record["id"])
         return out
 
     def refresh(self, picked: list[str] | None):
@@ -376,35 +333,41 @@ class CompareTab:
         if not picked:
             gr.Warning("Select at least one run.")
             return gr.skip()
-        try:
-            runs = [get_run(r) for r in picked]
+        self._evaluate(picked, prompt_lines(prompts), int(max_new_tokens or PROBE_MAX_NEW_TOKENS), progress)
+        return results_frame(picked)
+
+    @user_errors("Cannot evaluate")
+    def _evaluate(self, picked: list[str], probes: list[str], max_new_tokens: int, progress) -> None:
+        runs = [get_run(r) for r in picked]
+        settings = probe_settings(max_new_tokens)
+
+        def work(job):
             engine = self._engine(runs)
-            probes = prompt_lines(prompts)
-            settings = probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))
             for i, run in enumerate(runs):
+                if job.stopping():
+                    return
+                job.report(f"evaluating {run.id}", i, len(runs))
                 progress((i, len(runs)), desc=f"evaluating {run.id}")
                 evaluate_run(run, engine=engine, probes=probes, settings=settings)
-        except Exception as e:  # noqa: BLE001
-            message = user_message(e)
-            if message is None:
-                raise
-            gr.Warning(message, title="Cannot evaluate")
-        return results_frame(picked)
+
+        jobs.run("evaluate", f"evaluating {len(runs)} run(s)", work)
 
     def build_grid(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
         lines = prompt_lines(prompts)
         if not picked or not lines:
             gr.Warning("Select at least one run and write at least one probe prompt, one a line.")
             return gr.skip(), gr.skip()
-        try:
-            runs = [get_run(r) for r in picked]
-            progress(0, desc=f"answering {len(lines)} prompts with the SFT baseline and {len(runs)} run(s)")
-            engine = self._engine(runs)
-            grid = probe_grid(runs, lines, engine=engine, settings=probe_settings(int(max_new_tokens)))
-        except Exception as e:  # noqa: BLE001
-            message = user_message(e)
-            if message is None:
-                raise
-            gr.Warning(message, title="Cannot build the grid")
-            return gr.skip(), gr.skip()
-        return grid_view(grid), grid_files(grid, f"{time.strftime('%Y%m%d-%H%M%S')}-{len(runs)}-runs")
+        return self._grid(picked, lines, int(max_new_tokens), progress)
+
+    @user_errors("Cannot build the grid", lambda self, message: (gr.skip(), gr.skip()))
+    def _grid(self, picked: list[str], lines: list[str], max_new_tokens: int, progress):
+        runs = [get_run(r) for r in picked]
+        phase = f"answering {len(lines)} prompts with the SFT baseline and {len(runs)} run(s)"
+        progress(0, desc=phase)
+
+        def work(job):
+            job.report(phase)
+            return probe_grid(runs, lines, engine=self._engine(runs), settings=probe_settings(max_new_tokens))
+
+        grid = jobs.run("grid", "building a probe grid", work)
+        return grid_view(grid), publish_grid(grid, f"{time.strftime('%Y%m%d-%H%M%S')}-{len(runs)}-runs")

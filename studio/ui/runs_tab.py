@@ -12,7 +12,7 @@ import pandas as pd
 from studio.export import zip_adapter
 from studio.runs import delete_run, get_run, list_runs
 
-from .common import duration, number, overlay, user_message, when
+from .common import duration, number, overlay, user_errors, when
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
     "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
@@ -115,10 +115,11 @@ class RunsTab:
         return gr.Group(visible=True), (f"Delete run **{run_id}** and its folder (adapter, metrics, config)? "
                                         "This cannot be undone.")
 
+    @user_errors("Cannot delete")
+    def _delete(self, run_id: str | None) -> None:
+        delete_run(get_run(run_id))
+        gr.Info(f"Deleted run {run_id}.")
+
     def delete(self, run_id: str | None, compare: list[str] | None):
-        try:
-            delete_run(get_run(run_id))
-            gr.Info(f"Deleted run {run_id}.")
-        except (RuntimeError, FileNotFoundError) as e:
-            gr.Warning(user_message(e) or str(e))
+        self._delete(run_id)
         return (gr.Group(visible=False), *self.refresh(None, [r for r in (compare or []) if r != run_id]))

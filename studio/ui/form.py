@@ -1,0 +1,117 @@
+"""The run settings form, built from RunConfig's field metadata: one widget per field, nothing written by hand.
+
+A field's type, choices, bounds, label, help and group (see `studio.config.setting`) decide its
+widget, so a new RunConfig field appears in the form by itself. Values go back through
+`config_from_widgets`, the same validation as a preset or `--set`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import gradio as gr
+
+from studio.config import GROUPS, RunConfig, _base_type, _field_types, choices_of
+
+AUTO = "auto"  # the widget value of an optional choice left to the engine (None in RunConfig)
+PER_ROW = 3
+OPEN_GROUPS = ("Model", "Data", "LoRA", "DPO", "Optimisation")
+
+
+def _optional(cls, name: str) -> bool:
+    return type(None) in typing.get_args(_field_types(cls)[name])
+
+
+def _kind(cls, name: str):
+    return _base_type(_field_types(cls)[name])
+
+
+def _is_list(cls, name: str) -> bool:
+    return typing.get_origin(_kind(cls, name)) is list
+
+
+def widget_value(name: str, value, cls=RunConfig):
+    """A RunConfig value as its widget shows it."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if _kind(cls, name) is bool or (choices_of(f) and not _is_list(cls, name) and _optional(cls, name)):
+        if value is None:
+            return AUTO
+        return str(value).lower() if isinstance(value, bool) else value
+    if _is_list(cls, name):
+        if value is None:
+            return [] if choices_of(f) else ""
+        return list(value) if choices_of(f) else ", ".join(str(v) for v in value)
+    if value is None:
+        return None if _kind(cls, name) in (int, float) else ""
+    return value
+
+
+def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
+    """Widget values by field name -> a validated config (ConfigError names the bad field)."""
+    changes = {}
+    for name, value in values.items():
+        if isinstance(value, str):
+            value = value.strip()
+        if _optional(cls, name) and value in (None, "", AUTO, []):
+            value = None
+        changes[name] = value
+    return cls.from_dict(changes, origin="the form")
+
+
+def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None) -> gr.components.Component:
+    """The widget for one field, from its metadata."""
+    m, name = f.metadata, f.name
+    kind, choices = _kind(cls, name), choices_of(f)
+    common = {"label": m.get("label") or name, "info": m.get("help"), "elem_id": name.replace("_", "-"),
+              "value": widget_value(name, value, cls)}
+    if model_choices is not None and name == "model":
+        return gr.Dropdown(model_choices, allow_custom_value=True, **common)
+    if _is_list(cls, name):
+        if choices:
+            return gr.Dropdown(list(choices), multiselect=True, allow_custom_value=bool(m.get("custom")), **common)
+        return gr.Textbox(placeholder="comma-separated", **common)
+    if kind is bool:
+        return gr.Dropdown([AUTO, "true", "false"] if _optional(cls, name) else ["true", "false"], **common)
+    if choices:
+        options = [AUTO, *choices] if _optional(cls, name) else list(choices)
+        if len(options) <= 3:
+            return gr.Radio(options, **common)
+        return gr.Dropdown(options, allow_custom_value=bool(m.get("custom")), **common)
+    low = m.get("ge") if m.get("ge") is not None else m.get("gt")
+    if kind is int:
+        low = m.get("ge") if m.get("ge") is not None else (m["gt"] + 1 if m.get("gt") is not None else None)
+        return gr.Number(precision=0, minimum=low, maximum=m.get("le"), **common)
+    if kind is float:
+        if m.get("ge") is not None and m.get("lt") is not None and m["lt"] <= 1 and not _optional(cls, name):
+            return gr.Slider(m["ge"], m["lt"] - 0.01, step=0.01, **common)
+        return gr.Number(minimum=low, maximum=m.get("le", m.get("lt")), **common)
+    return gr.Textbox(placeholder=AUTO if _optional(cls, name) else None, **common)
+
+
+def build_settings(cfg: RunConfig, model_choices: list[str] | None = None) -> dict[str, gr.components.Component]:
+    """Every field of `cfg`'s class as a widget, grouped as the metadata says; returns them by field name."""
+    cls = type(cfg)
+    fields = dataclasses.fields(cls)
+    groups = list(GROUPS) + sorted({f.metadata.get("group", "Other") for f in fields} - set(GROUPS))
+    out: dict[str, gr.components.Component] = {}
+    for group in groups:
+        members = [f for f in fields if f.metadata.get("group", "Other") == group]
+        if not members:
+            continue
+        with gr.Accordion(group, open=group in OPEN_GROUPS, elem_id=f"group-{group.lower()}"):
+            plain = [f for f in members if not f.metadata.get("advanced")]
+            more = [f for f in members if f.metadata.get("advanced")]
+            _rows(plain, cfg, out, model_choices)
+            if more:
+                with gr.Accordion(f"More {group.lower()} settings", open=False):
+                    _rows(more, cfg, out, model_choices)
+    return out
+
+
+def _rows(fields, cfg, out, model_choices) -> None:
+    cls = type(cfg)
+    for i in range(0, len(fields), PER_ROW):
+        with gr.Row():
+            for f in fields[i:i + PER_ROW]:
+                out[f.name] = widget(f, getattr(cfg, f.name), cls, model_choices)
