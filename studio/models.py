@@ -210,14 +210,7 @@ def load_for_training(cfg: RunConfig, hw: Hardware | None = None) -> Loaded:
 def _lora_config(cfg: RunConfig):
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**cfg.lora_kwargs(), bias="none", task_type="CAUSAL_LM")
 
 
 def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
@@ -260,10 +253,7 @@ def _load_unsloth(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
     )
     model = FastLanguageModel.get_peft_model(
         model,
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.lora_target_modules),
+        **cfg.lora_kwargs(),
         bias="none",
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,

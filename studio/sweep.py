@@ -243,6 +243,12 @@ def load_sweep(sweep_id: str) -> dict:
     return json.loads((path / "sweep.json").read_text(encoding="utf-8"))
 
 
+def sweep_grid(sweep_id: str) -> dict | None:
+    """The probe grid a sweep built (grid.json in its folder), or None before it has one."""
+    path = sweeps_root() / sweep_id / "grid.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def list_sweeps() -> list[dict]:
     root = sweeps_root()
     found = [load_sweep(p) for p in root.iterdir() if (p / "sweep.json").is_file()] if root.is_dir() else []

@@ -58,7 +58,7 @@ class TrainingJob(Job):
     kind = "train"
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, preset: str | None = None,
-                 hardware: Hardware | None = None, label: str | None = None):
+                 hardware: Hardware | None = None, label: str | None = None, callbacks: list | None = None):
         super().__init__()
         self.hardware = hardware or detect_hardware()
         self.requested = config
@@ -66,6 +66,7 @@ class TrainingJob(Job):
         if not self.config.data:
             raise ConfigError("No preference data: set data to a JSONL / JSON / CSV / Parquet file or a hub dataset id.")
         self.preset = preset
+        self.callbacks = list(callbacks or [])  # extra TrainerCallbacks (e.g. a fault injected by a test)
         self._label = label or preset or "run"  # the readable part of a new run id
         self._run_dir = Path(run_dir) if run_dir else None
         self.run = Run(self._run_dir or runs_root() / "(not started)")
@@ -161,7 +162,7 @@ class TrainingJob(Job):
             stopped = self._stop.is_set() and not finished_all
             self._set("stopped" if stopped else "done", finished=time.time())
         except BaseException as e:  # noqa: BLE001 - the run must end in a state, whatever went wrong
-            self.error = self.error or user_message(e) or f"{type(e).__name__}: {e}"
+            self.error = self.error or failure_message(e)
             if self.run.path.is_dir():
                 (self.run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
                 if trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining):
@@ -198,7 +199,18 @@ class TrainingJob(Job):
         self.run.write_config(self.config, preset=self.preset, **loaded.backend)
         self.eval_pairs = len(held_out)
         return build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
-                             output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self)])
+                             output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self), *self.callbacks])
+
+
+def failure_message(e: BaseException) -> str:
+    """Why a run failed, in words a user can act on."""
+    message = user_message(e)
+    if message is not None:
+        return message
+    if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
+        return (f"Out of memory: {e}. Lower per_device_train_batch_size (raise gradient_accumulation_steps to keep "
+                "the effective batch) or max_length, or use method qlora on a GPU.")
+    return f"{type(e).__name__}: {e}"
 
 
 def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):

@@ -8,7 +8,6 @@ folders (eval.json, probes.json) and grids from grid.json files, so a reload sho
 
 from __future__ import annotations
 
-import json
 import time
 
 import gradio as gr
@@ -22,13 +21,14 @@ from studio.evaluate import (
     publish_grid, result_row,
 )
 from studio.runs import LIVE_STATES, get_run, list_runs
-from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweeps_root, value_text
+from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweep_grid, value_text
 
 from .common import Services, escape, number, overlay, user_errors
 from .form import config_from_widgets
 from .status import STATUS_CSS, error_html
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # while a sweep runs
+IDLE_SECONDS = 5.0  # otherwise: only notice a sweep started elsewhere
 NONE = "(none)"
 TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, under their own names)
     "run": "run", "state": "state", "step": "steps", "seconds": "seconds", "loss": "loss", "margins": "train margin",
@@ -173,7 +173,7 @@ class CompareTab:
             self.files = gr.File(files or None, file_count="multiple", label="Probe grid as CSV and Markdown",
                                  interactive=False, elem_id="compare-files")
             self.view = gr.State({"sweep_state": (record or {}).get("state"), "sweep": (record or {}).get("id")})
-            self.timer = gr.Timer(POLL_SECONDS)
+            self.timer = gr.Timer(IDLE_SECONDS)
         self._wire()
 
     @staticmethod
@@ -219,7 +219,8 @@ class CompareTab:
             self.start, inputs_kwargs={"preset": train.preset, "key1": self.key1, "values1": self.values1,
                                        "key2": self.key2, "values2": self.values2, "prompts": self.prompts,
                                        "max_new_tokens": self.max_new_tokens, **train.fields},
-            outputs=[self.sweep_status, self.sweep_table, self.view], api_name="start_sweep", concurrency_limit=None)
+            outputs=[self.sweep_status, self.sweep_table, self.view, self.timer], api_name="start_sweep",
+            concurrency_limit=None)
 
     @property
     def load_outputs(self) -> list:
@@ -242,7 +243,7 @@ class CompareTab:
     @property
     def poll_outputs(self) -> list:
         return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.grid, self.files]
+                self.loss_plot, self.grid, self.files, self.timer]
 
     # --- handlers ---
     def suggest(self, key: str):
@@ -269,7 +270,7 @@ class CompareTab:
         record = sweep.to_dict()
         gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
         return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
-                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}}
+                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}, self.timer: gr.Timer(POLL_SECONDS)}
 
     def stop(self):
         sweep = Sweep.active()
@@ -294,6 +295,9 @@ class CompareTab:
         was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in SWEEP_LIVE
         if was_live and record["state"] not in SWEEP_LIVE:
             out.update(self.open_sweep(record))
+        live = record["state"] in SWEEP_LIVE
+        if live != (view.get("sweep_state") in SWEEP_LIVE) or "key" not in view:
+            out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
         out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key)}
         return out
 
@@ -303,9 +307,8 @@ class CompareTab:
         margins, loss = overlay(picked)
         out = {self.runs: gr.Dropdown(choices=choices, value=picked), self.table: results_frame(picked),
                self.margins_plot: margins, self.loss_plot: loss}
-        grid_path = sweeps_root() / record["id"] / "grid.json"
-        if grid_path.is_file():
-            grid = json.loads(grid_path.read_text(encoding="utf-8"))
+        grid = sweep_grid(record["id"])
+        if grid is not None:
             out[self.grid] = grid_view(grid)
             out[self.files] = publish_grid(grid, record["id"])
         return out

@@ -24,6 +24,7 @@ from .form import AUTO, build_settings, config_from_widgets, widget_value
 from .status import STATUS_CSS, error_html, status_html
 
 POLL_SECONDS = 0.5  # a logged metric reaches the charts within this plus one round trip (< 2 s)
+IDLE_SECONDS = 5.0  # with nothing running a page only looks for a run started elsewhere: cheap on 2 cores
 CHART_IDS = {"loss": "loss-chart", "margins": "margins-chart", "accuracy": "accuracy-chart",
              "rewards": "rewards-chart", "logps": "logps-chart"}
 
@@ -104,7 +105,7 @@ class TrainTab:
             self.view = gr.State({})
             # Changes whenever a run starts or ends: the Chat and Runs tabs refresh on it.
             self.runs_changed = gr.State("")
-            self.timer = gr.Timer(POLL_SECONDS)
+            self.timer = gr.Timer(IDLE_SECONDS)
         self._wire()
 
     @staticmethod
@@ -141,7 +142,7 @@ class TrainTab:
 
     @property
     def poll_outputs(self) -> list:
-        return [self.status, *self.charts.values(), self.view, self.runs_changed, self.start, self.stop]
+        return [self.status, *self.charts.values(), self.view, self.runs_changed, self.start, self.stop, self.timer]
 
     def on_load_outputs(self) -> list:
         return [*self.poll_outputs, *self.fields.values(), self.preset, self.card, self.method_note, self.eval_note]
@@ -202,7 +203,7 @@ class TrainTab:
         return {self.status: status_html(progress), self.view: {"run": job.run.id, "rows": 0, "state": progress["state"]},
                 **{self.charts[k]: fig for k, fig in charts.training_figures([]).items()},
                 self.runs_changed: f"{job.run.id}:started", self.start: gr.Button(interactive=False),
-                self.stop: gr.Button(interactive=True)}
+                self.stop: gr.Button(interactive=True), self.timer: gr.Timer(POLL_SECONDS)}
 
     def stop_training(self) -> dict:
         job = TrainingJob.active()
@@ -249,6 +250,7 @@ class TrainTab:
         if live != view.get("live"):
             out[self.start] = gr.Button(interactive=not live)
             out[self.stop] = gr.Button(interactive=live)
+            out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
         if view.get("run") and (run_id != view.get("run") or (state != view.get("state") and not live)):
             out[self.runs_changed] = f"{run_id}:{state}"
         out[self.view] = {"run": run_id, "rows": seen, "state": state, "live": live, "html": html}
