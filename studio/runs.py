@@ -189,6 +189,11 @@ class Run:
         """The same dict as TrainingJob.progress(), read from the folder (a run of another process, or a past one)."""
         status = self.status()
         state, started = status.get("state", "unknown"), status.get("started")
+        if state in LIVE_STATES and status.get("pid") != os.getpid() and not _pid_alive(status.get("pid")):
+            # The process running it died (kill -9, a crash): say so now, not at the next restart.
+            state = "interrupted"
+            status["error"] = (f"the process running it (pid {status.get('pid')}) ended while it was "
+                               f"{status.get('state')}")
         live = state in LIVE_STATES
         end = time.time() if live else (status.get("finished") or status.get("updated"))
         elapsed = end - started if started and end else None

@@ -8,11 +8,13 @@ widget, so a new RunConfig field appears in the form by itself. Values go back t
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 
 import gradio as gr
 
 from studio.config import GROUPS, RunConfig, _base_type, _field_types, choices_of
+from studio.errors import ConfigError
 
 AUTO = "auto"  # the widget value of an optional choice left to the engine (None in RunConfig)
 PER_ROW = 3
@@ -47,8 +49,14 @@ def widget_value(name: str, value, cls=RunConfig):
     return value
 
 
+def bounds_text(m) -> str:
+    """A field's allowed range in words, shown next to it."""
+    return ", ".join(f"{op} {m[key]:g}" for key, op in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
+                     if m.get(key) is not None)
+
+
 def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
-    """Widget values by field name -> a validated config (ConfigError names the bad field)."""
+    """Widget values by field name -> a validated config; a ConfigError names the field by its label too."""
     changes = {}
     for name, value in values.items():
         if isinstance(value, str):
@@ -56,14 +64,24 @@ def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
         if _optional(cls, name) and value in (None, "", AUTO, []):
             value = None
         changes[name] = value
-    return cls.from_dict(changes, origin="the form")
+    try:
+        return cls.from_dict(changes, origin="the form")
+    except ConfigError as e:
+        labels = {f.name: f.metadata["label"] for f in dataclasses.fields(cls)
+                  if f.metadata.get("label") not in (None, f.name)}
+        named = re.sub(r"\b(\w+)(?= must| needs)", lambda k: f"{labels[k[1]]} ({k[1]})" if k[1] in labels else k[1],
+                       str(e))
+        raise ConfigError(named) from None
 
 
 def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None) -> gr.components.Component:
     """The widget for one field, from its metadata."""
     m, name = f.metadata, f.name
     kind, choices = _kind(cls, name), choices_of(f)
-    common = {"label": m.get("label") or name, "info": m.get("help"), "elem_id": name.replace("_", "-"),
+    info = m.get("help") or ""
+    if bounds_text(m):
+        info += f" ({bounds_text(m)})"
+    common = {"label": m.get("label") or name, "info": info, "elem_id": name.replace("_", "-"),
               "value": widget_value(name, value, cls)}
     if model_choices is not None and name == "model":
         return gr.Dropdown(model_choices, allow_custom_value=True, **common)
@@ -78,14 +96,14 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         if len(options) <= 3:
             return gr.Radio(options, **common)
         return gr.Dropdown(options, allow_custom_value=bool(m.get("custom")), **common)
-    low = m.get("ge") if m.get("ge") is not None else m.get("gt")
+    # Numbers carry no browser-side minimum/maximum: the engine's check names the field and the range,
+    # where the browser's own message ("Value 0 is less than minimum value 1.") names neither.
     if kind is int:
-        low = m.get("ge") if m.get("ge") is not None else (m["gt"] + 1 if m.get("gt") is not None else None)
-        return gr.Number(precision=0, minimum=low, maximum=m.get("le"), **common)
+        return gr.Number(precision=0, **common)
     if kind is float:
         if m.get("ge") is not None and m.get("lt") is not None and m["lt"] <= 1 and not _optional(cls, name):
             return gr.Slider(m["ge"], m["lt"] - 0.01, step=0.01, **common)
-        return gr.Number(minimum=low, maximum=m.get("le", m.get("lt")), **common)
+        return gr.Number(**common)
     return gr.Textbox(placeholder=AUTO if _optional(cls, name) else None, **common)
 
 

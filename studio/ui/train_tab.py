@@ -8,10 +8,12 @@ reload, a second browser or a restarted server sees the same run.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from studio import memory
-from studio.config import RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
+from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
 from studio.data import check_sources, eval_source
 from studio.errors import ConfigError
 from studio.models import EMBEDDED
@@ -55,6 +57,14 @@ def progress_of(run_id: str, job: TrainingJob | None) -> dict:
     return job.progress() if job is not None and job.run.id == run_id else Run(runs_root() / run_id).progress()
 
 
+def is_preset_data(path: str) -> bool:
+    """True for the demo data shipped with the presets (which a preset may replace with its own)."""
+    try:
+        return (PRESETS_DIR / "data").resolve() in Path(path).resolve().parents
+    except (OSError, ValueError):
+        return False
+
+
 def _newest_run_id() -> str | None:
     runs = list_runs()
     return runs[0].id if runs else None
@@ -78,17 +88,17 @@ class TrainTab:
                         info="fills every setting below", elem_id="preset")
                 with gr.Column(scale=5):
                     self.card = gr.Markdown(card_markdown(preset), elem_classes="ds-card")
+            # Start and the status come first, so on a phone they are on the first screen, above every setting.
+            with gr.Row():
+                self.start = gr.Button("Start training", variant="primary", elem_id="start-btn", min_width=140)
+                self.stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False, min_width=100)
+            self.status = gr.HTML(status_html(None), elem_id="train-status", css_template=STATUS_CSS, js_on_load=None)
+            gr.Markdown(f"Runs on **{self.hardware.device_name}**; training continues when the page is "
+                        "closed, and any browser that opens the app follows it.", elem_classes="ds-caption")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=320):
                     self._settings(cfg)
-                with gr.Column(scale=7, min_width=420):
-                    with gr.Row():
-                        self.start = gr.Button("Start training", variant="primary", elem_id="start-btn")
-                        self.stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False)
-                    self.status = gr.HTML(status_html(None), elem_id="train-status", css_template=STATUS_CSS,
-                                          js_on_load=None)
-                    gr.Markdown(f"Runs on **{self.hardware.device_name}**; training continues when the page is "
-                                "closed, and any browser that opens the app follows it.", elem_classes="ds-caption")
+                with gr.Column(scale=7, min_width=320):
                     self.charts: dict[str, gr.Plot] = {}
                     empty = charts.training_figures([])
                     with gr.Row():
@@ -124,7 +134,7 @@ class TrainTab:
     # --- wiring ---
     def _wire(self) -> None:
         f = self.fields
-        self.preset.input(self.load_preset, inputs=self.preset,
+        self.preset.input(self.load_preset, inputs=[self.preset, f["data"], f["eval_data"]],
                           outputs=[*f.values(), self.card, self.method_note, self.eval_note], api_name="load_preset")
         self.start.click(self.start_training, inputs_kwargs={"preset": self.preset, **f}, outputs=self.poll_outputs,
                          api_name="start", concurrency_limit=None)
@@ -148,14 +158,20 @@ class TrainTab:
         return [*self.poll_outputs, *self.fields.values(), self.preset, self.card, self.method_note, self.eval_note]
 
     # --- handlers ---
-    def load_preset(self, name: str) -> dict:
-        """Every field from the preset, its card, and the memory note."""
+    def load_preset(self, name: str, data: str | None = None, eval_data: str | None = None) -> dict:
+        """Every field from the preset, its card, and the memory note; data the user chose is kept."""
         try:
             preset = load_preset(name)
         except ConfigError as e:
             gr.Warning(str(e))
             return {self.card: gr.skip()}
         values = {self.fields[k]: widget_value(k, v) for k, v in preset.config.to_dict().items()}
+        if data and not is_preset_data(data):
+            # The user's own file (checked in the Data tab or typed): a preset never swaps it out silently.
+            values[self.fields["data"]] = data
+            values[self.fields["eval_data"]] = eval_data or ""
+            gr.Info(f"Kept your training data ({data}); the preset's demo data is not used. Clear the Training "
+                    "data field and pick the preset again to train on its demo data.", title="Your data stays")
         return {**values, self.card: card_markdown(preset),
                 self.method_note: self._method_note(preset.config.model, preset.config.method, preset.config),
                 self.eval_note: self._eval_note(preset.config)}
