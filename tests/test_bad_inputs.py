@@ -338,3 +338,30 @@ def test_the_app_answers_every_bad_upload_and_still_takes_a_good_one(launched_ap
     good.write_text(jsonl(*good_rows(3)), encoding="utf-8")
     summary = client.predict(handle_file(str(good)), api_name="/check_upload")[0]
     assert "| 3 | 3 | 0 |" in summary
+
+
+def test_the_app_reads_server_paths_only_inside_its_folders(launched_app, tmp_path):
+    from gradio_client import Client
+
+    from studio.files import preset_data_dir
+
+    url, home = launched_app
+    client = Client(url, verbose=False)
+
+    def check_path(data: str) -> str:
+        return client.predict(data=data, model="embedded", max_length=512, prompt_col="", chosen_col="",
+                              rejected_col="", system_col="", api_name="/check_train_data")[0]
+
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(jsonl(*good_rows(2)), encoding="utf-8")
+    link = home / "uploads" / "innocent.jsonl"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(secret)
+    for path in (str(secret), "/etc/passwd", "../../../../etc/passwd.jsonl", str(link)):
+        summary = check_path(path)
+        assert "Cannot use" in summary and "outside the folders the web app reads data from" in summary, summary
+        assert "fruit number" not in summary
+    assert "| 170 | 170 | 0 |" in check_path(str(preset_data_dir() / "twin-style.jsonl"))
+    summary = client.predict(dataset_id="../../etc/passwd.jsonl", model="embedded", max_length=512,
+                             api_name="/check_hub")[0]
+    assert "is not a hub dataset id" in summary
