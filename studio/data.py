@@ -52,7 +52,10 @@ DEFAULT_MAX_DATA_MB = 1024
 # here has a context near a million characters, and a runaway cell should cost one row, not the file.
 MAX_FIELD_CHARS = 1_000_000
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A hub id as the hub spells one: owner/name of letters, digits, "-", "_", "."; no "..", no leading or
+# trailing "." or "-". Anything else ("/tmp/x", "../etc/passwd", "a/b/c") is a path, never an id.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _JSON_RECORD_KEYS = ("data", "train", "rows", "records", "examples", "items")
@@ -205,6 +208,14 @@ class _Read:
     notes: list[str]
 
 
+def is_hub_id(text: str) -> bool:
+    """True for `owner/name` as the hub spells it, and only when no data suffix makes it look like a file."""
+    text = text.strip()
+    if not _HUB_ID.fullmatch(text) or ".." in text or "--" in text:
+        return False
+    return Path(text).suffix.lower() not in FORMATS
+
+
 def max_file_bytes() -> int:
     """The largest data file read, from STUDIO_MAX_DATA_MB (default 1024)."""
     raw = os.environ.get("STUDIO_MAX_DATA_MB", "").strip()
@@ -231,7 +242,7 @@ def _read_source(source: str | Path, split: str) -> _Read:
     try:
         info = os.stat(path)  # follows symlinks: what counts is what the link leads to
     except FileNotFoundError:
-        if path.suffix.lower() not in FORMATS and _HUB_ID.match(text):
+        if is_hub_id(text):
             return _Read("hub", text, *_read_hub(text, split), [])
         raise DataError(f"file not found: {_shown(text)}") from None
     except (OSError, ValueError) as exc:  # a loop of links, a name too long, a NUL byte in the path
@@ -248,7 +259,7 @@ def _read_source(source: str | Path, split: str) -> _Read:
     if not stat.S_ISREG(info.st_mode):
         raise DataError(f"{name} is not a regular file ({file_kind(info.st_mode)}); give a data file.")
     data = _read_bytes(path, name)
-    if not data.strip():
+    if not data or data.isspace():  # isspace, not strip: no copy of a file that may be a gigabyte
         raise DataError(f"{name} is empty: it holds no records.")
     if fmt == "parquet":
         return _Read(fmt, name, *_read_parquet(data, name), [])
@@ -256,7 +267,7 @@ def _read_source(source: str | Path, split: str) -> _Read:
         text, notes = _decode(data, name, strict=False)
         return _Read(fmt, name, *_parse_jsonl(text), notes)
     text, notes = _decode(data, name, strict=True)
-    if not text.strip():
+    if not text or text.isspace():
         raise DataError(f"{name} is empty: it holds no records.")
     if fmt == "csv":
         records, faults, csv_notes = _parse_csv(text, name)
@@ -349,10 +360,13 @@ def _json_object(pairs: list[tuple[str, object]]) -> dict:
     return record
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_object)
+
+
 def _loads(text: str):
     """json.loads for data files: duplicate keys are marked, and every failure is a ValueError."""
     try:
-        return json.loads(text, object_pairs_hook=_json_object)
+        return _DECODER.decode(text)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -375,7 +389,7 @@ def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict]], list[dict]]:
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        bad_byte = _undecoded_byte(line)
+        bad_byte = None if line.isascii() else _undecoded_byte(line)
         if bad_byte is not None:
             faults.append({"row": number, "reason": f"not UTF-8 text (byte 0x{bad_byte:02x}); re-save the file as UTF-8"})
             continue
@@ -464,16 +478,17 @@ def _parse_csv(text: str, name: str) -> tuple[list[tuple[int, dict]], list[dict]
             raise DataError(f"{name} is empty: it holds no records.")
         header = [_shown(cell.strip()) for cell in header]
         _check_header(header, name)
+        # Trailing unnamed columns (a trailing comma, Excel's empty columns) may be absent from a row.
+        width = max((i + 1 for i, column in enumerate(header) if column), default=0)
         records, faults, number = [], [], 0
         for cells in reader:
-            if not any(cell.strip() for cell in cells):
+            if not any(cells):
                 continue  # a blank line is no row
             number += 1
-            # Cells past the header are allowed only when empty (a trailing comma); otherwise the row is shifted.
-            used = len(cells) if len(cells) <= len(header) else max(
-                len(header), max(i + 1 for i, cell in enumerate(cells) if cell.strip()))
-            if used != len(header):
-                faults.append({"row": number, "reason": f"has {used} cells, the header has {len(header)} "
+            # Too few cells, or a filled cell past the header: the row's cells are shifted, so none can be trusted.
+            if len(cells) < width or (len(cells) > len(header) and any(c.strip() for c in cells[len(header):])):
+                count = len(cells) if len(cells) < width else max(i + 1 for i, c in enumerate(cells) if c.strip())
+                faults.append({"row": number, "reason": f"has {count} cells, the header has {width} "
                                "(a comma or quote out of place?)"})
                 continue
             records.append((number, {column: cell for column, cell in zip(header, cells) if column}))
@@ -862,13 +877,15 @@ def _text(value, part: str) -> str:
 def _check_size_and_bytes(value: str, part: str) -> None:
     if len(value) > MAX_FIELD_CHARS:
         raise _RowFault(f"{part} holds {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,} per field")
-    bad_byte = _undecoded_byte(value)
-    if bad_byte is not None:
-        raise _RowFault(f"{part} is not UTF-8 text (byte 0x{bad_byte:02x}); re-save the file as UTF-8")
+    # A lone surrogate (a stray byte, or a JSON "\udcxx" escape) would break the tokenizer later.
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _RowFault(f"{part} is not UTF-8 text (byte 0x{_undecoded_byte(value):02x}); re-save the file as UTF-8")
 
 
 def _undecoded_byte(text: str) -> int | None:
     """The first byte that did not decode (kept as a surrogate escape), or None for clean text."""
+    if text.isascii():  # the common case, checked in C without scanning for a pattern
+        return None
     match = _SURROGATE.search(text)
     if match is None:
         return None
@@ -878,7 +895,7 @@ def _undecoded_byte(text: str) -> int | None:
 
 def _shown(text: str) -> str:
     """Text from a file made safe to print and to send as JSON: undecodable bytes become \\xNN."""
-    if _SURROGATE.search(text) is None:
+    if _undecoded_byte(text) is None:
         return text
     try:
         raw = text.encode("utf-8", "surrogateescape")  # the bytes as they were in the file

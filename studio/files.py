@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -20,17 +19,11 @@ import uuid
 from pathlib import Path
 
 from .config import PRESETS_DIR, studio_home
-from .data import FORMATS, file_kind
+from .data import FORMATS, file_kind, is_hub_id
 from .errors import AccessError, ConfigError, DataError
 
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
-
-# A hub id as the hub spells one: owner/name, letters, digits, "-", "_", "."; no "..", no leading or
-# trailing "." or "-". Anything else ("/tmp/x", "../etc/passwd", "a/b/c") is a path, never an id.
-_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
-_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
-
 
 def uploads_dir() -> Path:
     return studio_home() / "uploads"
@@ -72,14 +65,6 @@ def allowed_data_roots() -> list[Path]:
     """Folders the web app may read data from, resolved (symlinks followed)."""
     roots = [uploads_dir().resolve(), preset_data_dir().resolve(), *data_dirs()]
     return list(dict.fromkeys(roots))
-
-
-def is_hub_id(text: str) -> bool:
-    """True for `owner/name` as the hub spells it, and only when no data suffix makes it look like a file."""
-    text = text.strip()
-    if not _HUB_ID.fullmatch(text) or ".." in text or "--" in text:
-        return False
-    return Path(text).suffix.lower() not in FORMATS
 
 
 def check_data_source(source: str, for_web: bool = True) -> str:

@@ -209,6 +209,8 @@ FILE_CASES = [
          code=0, says=("usable pairs: 2", "row 2: has 4 cells, the header has 3", "row 3: has 2 cells, the header has 3")),
     Case("csv-trailing-empty-columns", "data.csv", csv_text("prompt,chosen,rejected,,", "Q,a,b,,"), code=0,
          says=("usable pairs: 1",)),
+    Case("csv-header-trailing-commas-rows-without", "data.csv", csv_text("prompt,chosen,rejected,,", "Q,a,b", "R,c,d,,"),
+         code=0, says=("usable pairs: 2", "dropped: 0")),
     Case("csv-empty-cells", "data.csv", csv_text("prompt,chosen,rejected", "Q,a,b", "R,,b"), code=0,
          says=("usable pairs: 1", "row 2: chosen is empty")),
     Case("csv-semicolons", "data.csv", csv_text("prompt;chosen;rejected", "Q;a;b"), code=0,
