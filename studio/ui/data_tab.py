@@ -98,6 +98,12 @@ def raw_rows(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([[cell(row.get(c)) for c in columns] for row in rows], columns=columns)
 
 
+def _in_gradio_uploads(path: str) -> bool:
+    from gradio.utils import get_upload_folder
+
+    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
+
+
 class DataTab:
     def __init__(self, services: Services):
         self.services = services
@@ -154,8 +160,11 @@ class DataTab:
         if not file:
             return {self.summary: gr.skip()}
         name = Path(file).name  # Gradio keeps the user's file name for its temporary copy
-        clean_uploads()  # uploads past STUDIO_UPLOAD_MAX_AGE_HOURS go on each new one
+        if not _in_gradio_uploads(file):
+            # Gradio refuses such inputs itself; were one to get through, copying it would read a server file.
+            return self._refused(name, "Refused: this file was not uploaded through the app.")
         try:
+            clean_uploads()  # uploads past STUDIO_UPLOAD_MAX_AGE_HOURS go on each new one
             stored = store_upload(file, name)
         except StudioError as e:
             return self._refused(name, str(e))
