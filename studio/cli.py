@@ -171,6 +171,9 @@ def cmd_data_check(args) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{report['source']}: {report['format']}, layout: {report['layout']}")
+    print("columns used: " + ", ".join(f"{part}={column}" for part, column in report["used"].items()))
+    for note in report["notes"]:
+        print(f"note: {note}")
     print(f"rows read: {report['rows']}, usable pairs: {report['pairs']}, dropped: {len(report['dropped'])}")
     for d in report["dropped"][:50]:
         print(f"  row {d['row']}: {d['reason']}")

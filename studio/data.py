@@ -11,16 +11,23 @@ functions that need them so that `import studio.data` stays instant for the CLI.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import math
+import os
 import random
 import re
+import stat
+import sys
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from .errors import DataError  # noqa: F401 - re-exported: callers catch it from here
+
+from .errors import DataError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")
@@ -40,11 +47,19 @@ _GUESS_WORDS = {
     "rejected": {"rejected", "bad", "worse", "worst", "dispreferred", "negative", "loser"},
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A data file larger than this is refused before it is read (STUDIO_MAX_DATA_MB overrides it).
+DEFAULT_MAX_DATA_MB = 1024
+# One text value (a prompt, an answer, a message) longer than this drops its row: no chat model
+# here has a context near a million characters, and a runaway cell should cost one row, not the file.
+MAX_FIELD_CHARS = 1_000_000
+
+# A hub id as the hub spells one: owner/name of letters, digits, "-", "_", "."; no "..", no leading or
+# trailing "." or "-". Anything else ("/tmp/x", "../etc/passwd", "a/b/c") is a path, never an id.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _JSON_RECORD_KEYS = ("data", "train", "rows", "records", "examples", "items")
-
-
 
 
 class _RowFault(Exception):
@@ -78,6 +93,8 @@ class DataReport:
     pairs: int
     dropped: list[dict]
     tokens: dict | None = None
+    used: dict[str, str] = field(default_factory=dict)  # part (prompt, chosen, ...) -> the column read for it
+    notes: list[str] = field(default_factory=list)  # choices the reader made that the user should know about
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +155,8 @@ def load_preferences(
 ) -> PreferenceSet:
     """Read, detect, normalise and (with a tokenizer) measure a preference data set."""
     mapping = columns or Columns()
-    fmt, name, records, dropped = _read_source(source, split)
+    read = _read_source(source, split)
+    fmt, name, records, dropped = read.fmt, read.name, read.records, read.faults
     rows = len(records) + len(dropped)  # rows that failed to parse were still read
     if not records:
         _raise_nothing_usable(name, rows, dropped)
@@ -165,6 +183,7 @@ def load_preferences(
     report = DataReport(
         source=str(source), format=fmt, layout=plan.layout, columns=found,
         rows=rows, pairs=len(kept), dropped=dropped, tokens=tokens,
+        used=plan.used(), notes=read.notes + plan.notes,
     )
     return PreferenceSet([pair for _, pair in kept], report)
 
@@ -180,75 +199,230 @@ def _raise_nothing_usable(name: str, rows: int, dropped: list[dict]) -> None:
 
 # --------------------------------------------------------------------------- readers
 # Each reader returns [(row_number, record)] plus the rows it could not parse as
-# dropped entries, so a bad line costs one row, not the whole file.
+# dropped entries, so a bad line costs one row, not the whole file. Nothing is opened
+# before os.stat says it is a regular file under the size cap: a FIFO would block the
+# reader and /dev/zero would fill the memory.
 
 
-def _read_source(source: str | Path, split: str) -> tuple[str, str, list[tuple[int, dict]], list[dict]]:
+@dataclass
+class _Read:
+    fmt: str
+    name: str
+    records: list[tuple[int, dict]]
+    faults: list[dict]
+    notes: list[str]
+
+
+def is_hub_id(text: str) -> bool:
+    """True for `owner/name` as the hub spells it, and only when no data suffix makes it look like a file."""
+    text = text.strip()
+    if not _HUB_ID.fullmatch(text) or ".." in text or "--" in text:
+        return False
+    return Path(text).suffix.lower() not in FORMATS
+
+
+def max_file_bytes() -> int:
+    """The largest data file read, from STUDIO_MAX_DATA_MB (default 1024)."""
+    raw = os.environ.get("STUDIO_MAX_DATA_MB", "").strip()
+    try:
+        megabytes = float(raw) if raw else DEFAULT_MAX_DATA_MB
+    except ValueError:
+        megabytes = -1.0
+    if not (math.isfinite(megabytes) and megabytes > 0):
+        raise DataError(f"STUDIO_MAX_DATA_MB must be a positive number of megabytes, got {raw!r}.")
+    return int(megabytes * 1024 * 1024)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for a refusal."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((word for test, word in kinds if test(mode)), "not a plain file")
+
+
+def _read_source(source: str | Path, split: str) -> _Read:
+    text = str(source)
     path = Path(source)
-    if not path.exists():
-        if path.suffix.lower() not in FORMATS and _HUB_ID.match(str(source)):
-            return ("hub", str(source), *_read_hub(str(source), split))
-        raise DataError(f"file not found: {source}")
-    if path.is_dir():
-        raise DataError(f"{source} is a folder; give a data file (JSONL, JSON, CSV or Parquet).")
+    name = _shown(path.name or text)
+    try:
+        info = os.stat(path)  # follows symlinks: what counts is what the link leads to
+    except FileNotFoundError:
+        if is_hub_id(text):
+            return _Read("hub", text, *_read_hub(text, split), [])
+        raise DataError(f"file not found: {_shown(text)}") from None
+    except (OSError, ValueError) as exc:  # a loop of links, a name too long, a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DataError(f"Cannot read {_shown(text)}: {reason}.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{name} is a folder; give a data file (JSONL, JSON, CSV or Parquet).")
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
-            f"Cannot read {path.name}: unknown file type '{path.suffix or '(none)'}'. "
+            f"Cannot read {name}: unknown file type '{_shown(path.suffix) or '(none)'}'. "
             "Accepted formats: .jsonl / .ndjson, .json, .csv, .parquet, or a hub dataset id like owner/name."
         )
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{name} is not a regular file ({file_kind(info.st_mode)}); give a data file.")
+    data = _read_bytes(path, name)
+    if not data or data.isspace():  # isspace, not strip: no copy of a file that may be a gigabyte
+        raise DataError(f"{name} is empty: it holds no records.")
     if fmt == "parquet":
-        return (fmt, path.name, *_read_parquet(path))
-    text = _read_text(path)
-    reader = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv}[fmt]
-    records, faults = reader(text, path.name)
-    if fmt == "json" and records is None:
+        return _Read(fmt, name, *_read_parquet(data, name), [])
+    if fmt == "jsonl":
+        text, notes = _decode(data, name, strict=False)
+        return _Read(fmt, name, *_parse_jsonl(text), notes)
+    text, notes = _decode(data, name, strict=True)
+    if not text or text.isspace():
+        raise DataError(f"{name} is empty: it holds no records.")
+    if fmt == "csv":
+        records, faults, csv_notes = _parse_csv(text, name)
+        return _Read(fmt, name, records, faults, notes + csv_notes)
+    records, faults = _parse_json(text, name)
+    if records is None:
         # A .json file that is really JSON Lines is a common mix-up; read it as such.
-        fmt = "jsonl"
-        records, faults = _parse_jsonl(text, path.name)
-    return fmt, path.name, records, faults
+        text, notes = _decode(data, name, strict=False)
+        return _Read("jsonl", name, *_parse_jsonl(text), notes + ["read as JSON Lines (one object a line)"])
+    return _Read(fmt, name, records, faults, notes)
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path, name: str) -> bytes:
+    """The file's bytes, refusing anything but a regular file under the size cap."""
+    limit = max_file_bytes()
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: should the name be swapped for a FIFO after os.stat, opening it still cannot block.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise DataError(f"Cannot read {path.name}: {exc.strerror or exc}") from None
-    bom = b"\xef\xbb\xbf"
-    skipped = len(bom) if data.startswith(bom) else 0
+        raise DataError(f"Cannot read {name}: {exc.strerror or exc}.") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{name} is not a regular file ({file_kind(info.st_mode)}); give a data file.")
+        if info.st_size > limit:
+            raise DataError(_too_big(name, info.st_size, limit))
+        try:
+            data = handle.read(limit + 1)  # a file still growing cannot get past the cap either
+        except OSError as exc:
+            raise DataError(f"Cannot read {name}: {exc.strerror or exc}.") from None
+    if len(data) > limit:
+        raise DataError(_too_big(name, len(data), limit))
+    return data
+
+
+def _too_big(name: str, size: int, limit: int) -> str:
+    return (f"{name} is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:g} MB for a data file "
+            "(set STUDIO_MAX_DATA_MB to raise it).")
+
+
+def _decode(data: bytes, name: str, strict: bool) -> tuple[str, list[str]]:
+    """Text of a data file: UTF-8 (BOM or not), or UTF-16 when a byte order mark says so.
+
+    strict=False (JSON Lines) keeps undecodable bytes as surrogate escapes so that only the lines
+    holding them are dropped; a CSV or JSON document is one piece, so a bad byte refuses it.
+    """
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(codec), [f"read as {codec.upper()} (the file starts with its byte order mark)"]
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{name} starts with a {codec.upper()} byte order mark but is not {codec.upper()} "
+                                f"text (bad bytes at offset {exc.start}). Re-save it as UTF-8.") from None
+    if b"\x00" in data:
+        offset = data.index(b"\x00")
+        line = data.count(b"\n", 0, offset) + 1
+        raise DataError(
+            f"{name} looks like a binary file, not text: it holds a NUL byte at byte offset {offset} "
+            f"(line {line}). Give a JSONL, JSON or CSV text file in UTF-8 "
+            "(UTF-16 without a byte order mark looks like this too: re-save it as UTF-8)."
+        )
+    skipped = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data[skipped:].decode("utf-8")
+        return data[skipped:].decode("utf-8"), []
     except UnicodeDecodeError as exc:
+        if not strict:
+            return data[skipped:].decode("utf-8", errors="surrogateescape"), []
         offset = exc.start + skipped
         line = data.count(b"\n", 0, offset) + 1
         raise DataError(
-            f"{path.name} is not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
+            f"{name} is not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
             "is not valid UTF-8. Re-save the file with UTF-8 encoding and try again."
         ) from None
 
 
-def _parse_jsonl(text: str, name: str) -> tuple[list[tuple[int, dict]], list[dict]]:
+class _DuplicateKeys(dict):
+    """A JSON object that named a key twice; json keeps the last value, the row is dropped instead."""
+
+    duplicates: list[str]
+
+
+def _json_object(pairs: list[tuple[str, object]]) -> dict:
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    record = _DuplicateKeys(record)
+    counts = Counter(key for key, _ in pairs)
+    record.duplicates = [key for key, n in counts.items() if n > 1]
+    return record
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_object)
+
+
+def _loads(text: str):
+    """json.loads for data files: duplicate keys are marked, and every failure is a ValueError."""
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError("nested too deeply (arrays or objects inside each other hundreds of levels deep)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ValueError(str(exc).split(";")[0]) from None
+
+
+def _json_fault(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc.msg} (column {exc.colno})"
+    if str(exc).startswith("nested too deeply"):
+        return str(exc)
+    return f"not valid JSON: {exc}"
+
+
+def _parse_jsonl(text: str) -> tuple[list[tuple[int, dict]], list[dict]]:
     records, faults = [], []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 etc., which must not shift line numbers.
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            faults.append({"row": number, "reason": f"not valid JSON: {exc.msg} (column {exc.colno})"})
+        bad_byte = None if line.isascii() else _undecoded_byte(line)
+        if bad_byte is not None:
+            faults.append({"row": number, "reason": f"not UTF-8 text (byte 0x{bad_byte:02x}); re-save the file as UTF-8"})
             continue
-        if not isinstance(value, dict):
-            faults.append({"row": number, "reason": f"not a JSON object (got {_type_name(value)})"})
+        try:
+            value = _loads(line)
+        except ValueError as exc:
+            faults.append({"row": number, "reason": _json_fault(exc)})
+            continue
+        fault = _record_fault(value)
+        if fault:
+            faults.append({"row": number, "reason": fault})
             continue
         records.append((number, value))
     return records, faults
 
 
+def _record_fault(value) -> str | None:
+    if not isinstance(value, dict):
+        return f"not a JSON object (got {_type_name(value)})"
+    if isinstance(value, _DuplicateKeys):
+        return "; ".join(f"key '{_shown(key)}' appears twice in the object" for key in value.duplicates)
+    return None
+
+
 def _parse_json(text: str, name: str) -> tuple[list[tuple[int, dict]] | None, list[dict]]:
     """Returns (None, []) when the file looks like JSON Lines instead."""
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and _first_line_is_object(text):
             return None, []
@@ -256,21 +430,25 @@ def _parse_json(text: str, name: str) -> tuple[list[tuple[int, dict]] | None, li
             f"{name} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
             "(is the file truncated?)."
         ) from None
+    except ValueError as exc:
+        prefix = f"{name} is" if str(exc).startswith("nested") else f"{name} is not valid JSON:"
+        raise DataError(f"{prefix} {exc}.") from None
     items = _json_records(value, name)
     records, faults = [], []
     for number, item in enumerate(items, 1):
-        if isinstance(item, dict):
-            records.append((number, item))
+        fault = _record_fault(item)
+        if fault:
+            faults.append({"row": number, "reason": fault})
         else:
-            faults.append({"row": number, "reason": f"not a JSON object (got {_type_name(item)})"})
+            records.append((number, item))
     return records, faults
 
 
 def _first_line_is_object(text: str) -> bool:
     first = next((line for line in text.split("\n") if line.strip()), "")
     try:
-        return isinstance(json.loads(first), dict)
-    except json.JSONDecodeError:
+        return isinstance(_loads(first), dict)
+    except ValueError:
         return False
 
 
@@ -287,32 +465,73 @@ def _json_records(value, name: str) -> list:
     raise DataError(
         f"{name} should hold an array of objects (one per pair), or an object with one list of them "
         f"under a key like \"data\"; found {_type_name(value)}"
-        + (f" with keys {', '.join(map(str, value))}." if isinstance(value, dict) else ".")
+        + (f" with keys {', '.join(_shown(k) for k in value)}." if isinstance(value, dict) else ".")
     )
 
 
-def _parse_csv(text: str, name: str) -> tuple[list[tuple[int, dict]], list[dict]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    records = []
+def _parse_csv(text: str, name: str) -> tuple[list[tuple[int, dict]], list[dict], list[str]]:
+    # One long cell must cost its row (the per-field cap), not the file: lift the csv module's own limit
+    # (131,072 characters by default). The file size cap still bounds every cell.
+    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
+    first_line = text.split("\n", 1)[0]
+    delimiter = "," if "," in first_line else next((d for d in ("\t", ";") if d in first_line), ",")
+    notes = [] if delimiter == "," else [f"separated by {'tabs' if delimiter == chr(9) else repr(delimiter)}, not commas"]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        for number, row in enumerate(reader, 1):
-            row.pop(None, None)  # cells beyond the header have no column to belong to
-            records.append((number, row))
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{name} is empty: it holds no records.")
+        header = [_shown(cell.strip()) for cell in header]
+        _check_header(header, name)
+        # Trailing unnamed columns (a trailing comma, Excel's empty columns) may be absent from a row.
+        width = max((i + 1 for i, column in enumerate(header) if column), default=0)
+        records, faults, number = [], [], 0
+        for cells in reader:
+            if not any(cells):
+                continue  # a blank line is no row
+            number += 1
+            # Too few cells, or a filled cell past the header: the row's cells are shifted, so none can be trusted.
+            if len(cells) < width or (len(cells) > len(header) and any(c.strip() for c in cells[len(header):])):
+                count = len(cells) if len(cells) < width else max(i + 1 for i, c in enumerate(cells) if c.strip())
+                faults.append({"row": number, "reason": f"has {count} cells, the header has {width} "
+                               "(a comma or quote out of place?)"})
+                continue
+            records.append((number, {column: cell for column, cell in zip(header, cells) if column}))
     except csv.Error as exc:
         raise DataError(f"Cannot read {name} as CSV: {exc} (line {reader.line_num}).") from None
-    if not reader.fieldnames:
-        raise DataError(f"No rows found in {name}: the CSV file is empty (no header line).")
-    return records, []
+    if number == 0:
+        raise DataError(f"{name} has a header line but no rows.")
+    return records, faults, notes
 
 
-def _read_parquet(path: Path) -> tuple[list[tuple[int, dict]], list[dict]]:
+def _check_header(header: list[str], name: str) -> None:
+    named = [column for column in header if column]
+    counts = Counter(named)
+    for column, n in counts.items():
+        if n > 1:
+            places = [str(i + 1) for i, c in enumerate(header) if c == column]
+            raise DataError(
+                f"In {name}, column '{column}' appears {n} times in the header (columns {' and '.join(places)}); "
+                "rename or remove the copies so that each column has one name."
+            )
+
+
+def _read_parquet(data: bytes, name: str) -> tuple[list[tuple[int, dict]], list[dict]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
-        raise DataError(f"Cannot read {path.name} as Parquet (truncated or corrupt file?): {exc}") from None
-    return list(enumerate(rows, 1)), []
+        raise DataError(f"Cannot read {name} as Parquet (truncated or corrupt file?): {_one_line(exc)}") from None
+    counts = Counter(table.column_names)
+    duplicated = [column for column, n in counts.items() if n > 1]
+    if duplicated:
+        raise DataError(f"In {name}, column '{_shown(duplicated[0])}' appears {counts[duplicated[0]]} times; "
+                        "rename the copies so that each column has one name.")
+    if table.num_rows == 0:
+        raise DataError(f"No rows found in {name}: the Parquet file holds no rows.")
+    return list(enumerate(table.to_pylist(), 1)), []
 
 
 def _read_hub(dataset_id: str, split: str) -> tuple[list[tuple[int, dict]], list[dict]]:
@@ -342,7 +561,7 @@ def _column_names(records: list[tuple[int, dict]]) -> list[str]:
     seen: dict[str, None] = {}
     for _, record in records:
         for key in record:
-            seen.setdefault(str(key), None)
+            seen.setdefault(_shown(str(key)), None)
     return list(seen)
 
 
@@ -361,10 +580,17 @@ class _Plan:
     answers: str  # "text" | "messages" | "transcript"
     layout: str
     fmt: str
+    notes: list[str] = field(default_factory=list)
+
+    def used(self) -> dict[str, str]:
+        parts = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "system": self.system,
+                 "input": self.input}
+        return {part: column for part, column in parts.items() if column}
 
 
 def _make_plan(records, found: list[str], mapping: Columns, fmt: str, name: str) -> _Plan:
     _check_mapping(mapping, found, name)
+    _check_case_twins(found, mapping, name)
     chosen = mapping.chosen or _find(found, CHOSEN_NAMES)
     rejected = mapping.rejected or _find(found, REJECTED_NAMES)
     prompt = mapping.prompt or _find(found, PROMPT_NAMES)
@@ -391,7 +617,40 @@ def _make_plan(records, found: list[str], mapping: Columns, fmt: str, name: str)
     input_col = _find(found, (INPUT_NAME,)) if prompt and prompt.lower() == "instruction" else None
     if mapping.given():
         layout = f"mapped columns ({layout})"
-    return _Plan(chosen, rejected, prompt, system, input_col, answers, layout, fmt)
+    plan = _Plan(chosen, rejected, prompt, system, input_col, answers, layout, fmt)
+    plan.notes = _plan_notes(plan, found, mapping)
+    return plan
+
+
+def _check_case_twins(found: list[str], mapping: Columns, name: str) -> None:
+    """Refuse `chosen` beside `Chosen`: no order of preference can say which one is meant."""
+    groups: dict[str, list[str]] = {}
+    for column in found:
+        groups.setdefault(column.strip().lower(), []).append(column)
+    for part, names in (("prompt", PROMPT_NAMES), ("chosen", CHOSEN_NAMES), ("rejected", REJECTED_NAMES),
+                        ("system", SYSTEM_NAMES), ("prompt", (INPUT_NAME,))):
+        if getattr(mapping, part):
+            continue
+        for key in names:
+            twins = groups.get(key, [])
+            if len(twins) > 1:
+                listed = " and ".join(f"'{c}'" for c in twins)
+                raise DataError(f"{name} has both {listed} columns, so which one is the {part} is unclear; "
+                                f"remove one, or say which with --{part}-col.")
+
+
+def _plan_notes(plan: _Plan, found: list[str], mapping: Columns) -> list[str]:
+    notes = []
+    if not mapping.prompt and plan.prompt:
+        others = [c for c in found if c != plan.prompt and c.strip().lower() in PROMPT_NAMES]
+        if others:
+            listed = ", ".join(f"'{c}'" for c in others)
+            notes.append(f"{listed} also looks like a prompt column and was not used; '{plan.prompt}' was "
+                         "(pick another with --prompt-col)")
+    unused = [c for c in found if c not in plan.used().values()]
+    if unused:
+        notes.append(f"columns not used: {', '.join(unused)}")
+    return notes
 
 
 def _check_mapping(mapping: Columns, found: list[str], name: str) -> None:
@@ -424,8 +683,8 @@ def _as_messages(value, fmt: str) -> list | None:
         return value
     if fmt == "csv" and isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            decoded = json.loads(value)
-        except json.JSONDecodeError:
+            decoded = _loads(value)
+        except ValueError:
             return None
         # Only a list of objects is a conversation; "[1] see note" style text stays text.
         if isinstance(decoded, list) and decoded and all(isinstance(m, dict) for m in decoded):
@@ -523,6 +782,8 @@ def _prompt_messages(record: dict, plan: _Plan) -> list[dict]:
     extra = record.get(plan.input) if plan.input else None
     if extra is not None and not isinstance(extra, str):
         raise _RowFault(f"input is not text (got {_type_name(extra)})")
+    if extra:
+        _check_size_and_bytes(extra, "input")
     if extra and extra.strip():
         text = f"{text}\n\n{extra}"
     return [{"role": "user", "content": text}]
@@ -532,9 +793,9 @@ def _conversation(record: dict, column: str, part: str, fmt: str) -> list[dict]:
     value = _value(record, column, part)
     if fmt == "csv" and isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise _RowFault(f"{part} is not a valid JSON message list: {exc.msg}") from None
+            value = _loads(value)
+        except ValueError as exc:
+            raise _RowFault(f"{part} is not a valid JSON message list: {_json_fault(exc)}") from None
     if not isinstance(value, list):
         raise _RowFault(f"{part} is not a message list (got {_type_name(value)})")
     return _messages(value, part)
@@ -574,6 +835,7 @@ def _messages(value: list, part: str) -> list[dict]:
             raise _RowFault(f"{part}: message {number} content is not text (got {_type_name(content)})")
         if not content.strip():
             raise _RowFault(f"{part}: message {number} has empty content")
+        _check_size_and_bytes(content, f"{part}: message {number}")
         # Keep only role/content: extra keys would make Arrow columns ragged across rows.
         out.append({"role": role, "content": content})
     return out
@@ -587,6 +849,7 @@ def _with_system(prompt: list[dict], record: dict, column: str | None) -> list[d
         return prompt
     if not isinstance(value, str):
         raise _RowFault(f"system is not text (got {_type_name(value)})")
+    _check_size_and_bytes(value, "system")
     if prompt and prompt[0]["role"] == "system":
         return prompt  # the conversation's own system message is the more specific one
     return [{"role": "system", "content": value}] + prompt
@@ -602,6 +865,8 @@ def _value(record: dict, column: str, part: str):
     value = record.get(column)
     if value is None:
         raise _RowFault(f"{part} is missing")
+    if isinstance(value, float) and math.isnan(value):
+        raise _RowFault(f"{part} is missing (NaN)")
     return value
 
 
@@ -610,7 +875,42 @@ def _text(value, part: str) -> str:
         raise _RowFault(f"{part} is not text (got {_type_name(value)})")
     if not value.strip():
         raise _RowFault(f"{part} is empty")
+    _check_size_and_bytes(value, part)
     return value
+
+
+def _check_size_and_bytes(value: str, part: str) -> None:
+    if len(value) > MAX_FIELD_CHARS:
+        raise _RowFault(f"{part} holds {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,} per field")
+    # A lone surrogate (a stray byte, or a JSON "\udcxx" escape) would break the tokenizer later.
+    if not value.isascii() and _SURROGATE.search(value):
+        raise _RowFault(f"{part} is not UTF-8 text (byte 0x{_undecoded_byte(value):02x}); re-save the file as UTF-8")
+
+
+def _undecoded_byte(text: str) -> int | None:
+    """The first byte that did not decode (kept as a surrogate escape), or None for clean text."""
+    if text.isascii():  # the common case, checked in C without scanning for a pattern
+        return None
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    return code - 0xDC00 if 0xDC80 <= code <= 0xDCFF else code
+
+
+def _shown(text: str) -> str:
+    """Text from a file made safe to print and to send as JSON: undecodable bytes become \\xNN."""
+    if _undecoded_byte(text) is None:
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes as they were in the file
+    except UnicodeEncodeError:  # a surrogate written as a JSON escape, not a stray byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _one_line(value) -> str:
+    return " ".join(str(value).split())
 
 
 def _turn_keys(messages: list[dict]) -> list[tuple[str, str]]:
@@ -684,10 +984,14 @@ def _stats(values: list[int]) -> dict:
 
 def peek(source: str | Path, limit: int = 5) -> tuple[list[str], list[dict]]:
     """The columns found and the first `limit` raw records of a local file, read as load_preferences reads it."""
-    if not Path(source).exists():
-        raise DataError(f"file not found: {source}")
-    _, _, records, _ = _read_source(source, "train")
-    return _column_names(records), [record for _, record in records[:limit]]
+    try:
+        exists = Path(source).exists()
+    except (OSError, ValueError):  # a NUL byte or an overlong name
+        exists = False
+    if not exists:
+        raise DataError(f"file not found: {_shown(str(source))}")
+    read = _read_source(source, "train")
+    return _column_names(read.records), [record for _, record in read.records[:limit]]
 
 
 def token_lengths(pairs: list[dict], tokenizer) -> dict[str, list[int]]:

@@ -415,10 +415,18 @@ def test_non_utf8_file(tmp_path):
     assert "line 2" in message and "0xe9" in message
 
 
-def test_non_utf8_jsonl_with_bom_bytes(tmp_path):
+def test_utf16_with_a_byte_order_mark_is_read_and_said(tmp_path):
+    # PowerShell 5 and Excel's "Unicode text" write UTF-16 LE with a BOM; the BOM makes it unambiguous.
     path = tmp_path / "data.jsonl"
-    path.write_bytes(b"\xff\xfe" + '{"prompt": "x"}'.encode("utf-16-le"))
-    with pytest.raises(DataError, match="offset 0 .*encoding"):
+    path.write_bytes(b"\xff\xfe" + json.dumps(simple_rows(1)[0]).encode("utf-16-le"))
+    result = load_preferences(path)
+    assert result.report.pairs == 1 and any("UTF-16" in note for note in result.report.notes)
+
+
+def test_utf16_bom_over_bytes_that_are_not_utf16(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xff\xfe" + b"\x00\xd8")  # a lone high surrogate
+    with pytest.raises(DataError, match="data.jsonl starts with a UTF-16 byte order mark but is not UTF-16"):
         load_preferences(path)
 
 
@@ -464,7 +472,7 @@ def test_all_lines_malformed(tmp_path):
 def test_empty_file(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text("\n\n", encoding="utf-8")
-    with pytest.raises(DataError, match="No rows found in data.jsonl"):
+    with pytest.raises(DataError, match="data.jsonl is empty: it holds no records"):
         load_preferences(path)
 
 

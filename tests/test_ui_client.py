@@ -90,7 +90,7 @@ def test_dropped_rows_are_listed_with_row_numbers_and_reasons(app, tmp_path):
 
 
 def test_an_unknown_layout_shows_the_engine_message_and_offers_the_columns_to_map(app, tmp_path):
-    client, _ = app
+    client, home = app
     path = tmp_path / "odd.csv"
     path.write_text("question_text,good_answer,bad_answer\nWhat is tea?,A drink.,It is important to note tea.\n"
                     "What is rain?,Water falling.,Rain is a multifaceted phenomenon.\n")
@@ -98,13 +98,13 @@ def test_an_unknown_layout_shows_the_engine_message_and_offers_the_columns_to_ma
     assert "Could not tell which columns" in out["summary"] and "question_text" in out["summary"]
     assert {"question_text", "good_answer", "bad_answer"} <= {c[1] for c in out["chosen"]["choices"]}
     assert out["raw"]["headers"] == ["question_text", "good_answer", "bad_answer"]
-    assert not str(out["data"]).endswith("odd.csv")  # a failed check leaves the Train tab's data alone
+    assert not str(out["data"]).endswith(".csv")  # a failed check leaves the Train tab's data alone
 
     out = check(client, "/check_mapping", prompt="question_text", chosen="good_answer", rejected="bad_answer",
                 system="")
     assert "mapped columns" in out["summary"] and "| 2 | 2 | 0 |" in out["summary"]
     assert (out["prompt_col"], out["chosen_col"], out["rejected_col"]) == ("question_text", "good_answer", "bad_answer")
-    assert out["data"].endswith("odd.csv")
+    assert out["data"].endswith(".csv") and Path(out["data"]).parent == home / "uploads"  # stored under a generated name
 
 
 def test_a_preset_fills_every_field(app):

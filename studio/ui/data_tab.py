@@ -3,20 +3,22 @@
 The report is `studio.data.load_preferences`, the same call as `python -m studio data check`: detected
 layout, counts, dropped rows with their row numbers and reasons, token lengths. When the layout is
 unknown, the engine's message is shown with column-mapping dropdowns filled from the file's columns.
+Uploads are stored by `studio.files` under generated names; one that cannot be read at all is deleted
+at once. Any other path is read only inside the folders `studio.files` allows.
 """
 
 from __future__ import annotations
 
+import html
 import json
-import shutil
-import time
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from studio.config import studio_home
-from studio.data import Columns, DataError, load_preferences, peek, token_lengths
+from studio.data import Columns, load_preferences, peek, token_lengths
+from studio.errors import StudioError
+from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload
 from studio.models import ModelError, display_name
 
 from . import charts
@@ -37,24 +39,12 @@ PREVIEW_CSS = """
 """
 
 
-def uploads_dir() -> Path:
-    return studio_home() / "uploads"
-
-
-def keep_upload(temp_path: str) -> Path:
-    """Copy an upload out of Gradio's temporary cache, so runs can point at a path that stays."""
-    source = Path(temp_path)
-    target = uploads_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{source.name}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
-
-
-def summary_markdown(report: dict, checked_with: str, note: str = "") -> str:
+def summary_markdown(report: dict, checked_with: str, note: str = "", title: str | None = None) -> str:
     dropped = report["dropped"]
+    used = ", ".join(f"{part} = `{column}`" for part, column in report.get("used", {}).items())
     lines = [
-        f"### {Path(report['source']).name or report['source']}",
-        f"**Format:** {report['format']} · **Layout:** {report['layout']}",
+        f"### {escape(title or Path(report['source']).name or report['source'])}",
+        f"**Format:** {report['format']} · **Layout:** {report['layout']}" + (f" · **Columns:** {used}" if used else ""),
         "| rows read | usable pairs | dropped |\n| ---: | ---: | ---: |\n"
         f"| {report['rows']} | {report['pairs']} | {len(dropped)} |",
     ]
@@ -65,6 +55,8 @@ def summary_markdown(report: dict, checked_with: str, note: str = "") -> str:
         for part, s in tokens.items():
             table.append(f"| {labels.get(part, part)} | {s['min']} | {s['mean']} | {s['p95']} | {s['max']} |")
         lines.append("\n".join(table))
+    for reader_note in report.get("notes", []):
+        lines.append(f"ℹ️ {escape(reader_note)}")
     lines.append(f"<span class='ds-muted'>{checked_with}</span>")
     if note:
         lines.append(note)
@@ -95,10 +87,21 @@ def preview_html(pairs: list[dict], limit: int = PREVIEW_PAIRS) -> str:
 
 def raw_rows(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     def cell(value) -> str:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        try:
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(value)[:160]
+        # A stray byte kept as a surrogate escape cannot travel as JSON to the browser.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         return text if len(text) <= 160 else text[:157] + "…"
 
     return pd.DataFrame([[cell(row.get(c)) for c in columns] for row in rows], columns=columns)
+
+
+def _in_gradio_uploads(path: str) -> bool:
+    from gradio.utils import get_upload_folder
+
+    return Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve())
 
 
 class DataTab:
@@ -156,13 +159,29 @@ class DataTab:
     def check_upload(self, file: str | None, model: str, max_length) -> dict:
         if not file:
             return {self.summary: gr.skip()}
-        return self.check(str(keep_upload(file)), Columns(), model, max_length, fresh=True)
+        name = Path(file).name  # Gradio keeps the user's file name for its temporary copy
+        if not _in_gradio_uploads(file):
+            # Gradio refuses such inputs itself; were one to get through, copying it would read a server file.
+            return self._refused(name, "Refused: this file was not uploaded through the app.")
+        try:
+            clean_uploads()  # uploads past STUDIO_UPLOAD_MAX_AGE_HOURS go on each new one
+            stored = store_upload(file, name)
+        except StudioError as e:
+            return self._refused(name, str(e))
+        out = self.check(str(stored), Columns(), model, max_length, fresh=True, title=name)
+        if out.get(self.source) is None:  # unreadable: nothing to map, so nothing to keep
+            discard_upload(stored)
+        return out
 
     def check_hub(self, dataset_id: str, model: str, max_length) -> dict:
-        if not (dataset_id or "").strip():
+        dataset_id = (dataset_id or "").strip()
+        if not dataset_id:
             gr.Warning("Type a hub dataset id such as owner/name.")
             return {self.summary: gr.skip()}
-        return self.check(dataset_id.strip(), Columns(), model, max_length, fresh=True)
+        if not is_hub_id(dataset_id):  # a path typed here would be read as one: not from this box
+            return self._refused(dataset_id, f"'{dataset_id}' is not a hub dataset id (owner/name). "
+                                             "Upload a file to check it.")
+        return self.check(dataset_id, Columns(), model, max_length, fresh=True)
 
     def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system) -> dict:
         if not source:
@@ -179,20 +198,28 @@ class DataTab:
         columns = Columns(prompt_col or None, chosen_col or None, rejected_col or None, system_col or None)
         return self.check(data.strip(), columns, model, max_length, fresh=False)
 
-    def check(self, source: str, columns: Columns, model: str, max_length, fresh: bool) -> dict:
-        """The engine's report for `source`; on success it becomes the Train tab's data."""
+    def check(self, source: str, columns: Columns, model: str, max_length, fresh: bool,
+              title: str | None = None) -> dict:
+        """The engine's report for `source`; on success it becomes the Train tab's data.
+
+        Every source passes `check_data_source` first: a hub id, or a file inside the allowed folders.
+        """
+        try:
+            source = check_data_source(source, for_web=True)
+        except StudioError as e:
+            return self._refused(source, str(e))
         max_length = int(max_length) if max_length else None
         tokenizer, checked_with = self._tokenizer(model, max_length)
         try:
             data = load_preferences(source, columns, tokenizer=tokenizer, max_length=max_length if tokenizer else None)
-        except DataError as e:
-            return self._unknown(source, str(e))
+        except StudioError as e:
+            return self._unknown(source, str(e), title)
         report = data.report.to_dict()
         lengths = token_lengths(data.pairs, tokenizer) if tokenizer is not None else {}
         note = ("**This is now the training data in the Train tab** (held out: the eval fraction)." if fresh
                 else "This is the Train tab's data.")
         out = {
-            self.summary: summary_markdown(report, checked_with, note),
+            self.summary: summary_markdown(report, checked_with, note, title),
             self.mapping_box: gr.Group(visible=columns.given()),
             self.raw: gr.skip(),
             self.histogram: charts.token_histogram(lengths, max_length),
@@ -205,19 +232,29 @@ class DataTab:
             out.update({self.train_fields[f"{p}_col"]: getattr(columns, p) or "" for p in PARTS})
         return out
 
-    def _unknown(self, source: str, message: str) -> dict:
-        """The engine's message, and dropdowns of the columns found when the file itself could be read."""
+    def _unknown(self, source: str, message: str, title: str | None = None) -> dict:
+        """The engine's message, and dropdowns of the columns found when the file itself could be read.
+
+        Only a source whose rows could be read (an unknown layout, all rows dropped) is kept as the one
+        to map; for an unreadable file gr.State is cleared, which tells check_upload to discard it.
+        """
         try:
-            columns, rows = peek(source)
-        except (DataError, OSError):
+            columns, rows = peek(source) if not is_hub_id(source) else ([], [])
+        except (StudioError, OSError):
             columns, rows = [], []
-        out = {self.summary: f"### Cannot use {escape(Path(source).name or source)}\n\n⚠️ {message}",
-               self.source: source, self.histogram: charts.token_histogram({}), self.preview: "",
-               self.dropped: pd.DataFrame(columns=["row", "reason"]), self.mapping_box: gr.Group(visible=bool(columns))}
+        out = self._refused(title or Path(source).name or source, message)
+        out.update({self.source: source if columns else None, self.mapping_box: gr.Group(visible=bool(columns))})
         if columns:
             out.update({self.mapping[p]: gr.Dropdown(choices=[("(none)", "")] + columns, value="") for p in PARTS})
             out[self.raw] = raw_rows(rows, columns)
         return out
+
+    def _refused(self, name: str, message: str) -> dict:
+        """A refusal shown where the user acted: in the summary, with the rest of the report cleared."""
+        text = html.escape(message, quote=False)  # the message may quote column names from the file
+        return {self.summary: f"### Cannot use {escape(name)}\n\n⚠️ {text}", self.source: None,
+                self.histogram: charts.token_histogram({}), self.preview: "",
+                self.dropped: pd.DataFrame(columns=["row", "reason"]), self.mapping_box: gr.Group(visible=False)}
 
     def _tokenizer(self, model: str, max_length: int | None):
         model = model or "embedded"

@@ -1,0 +1,210 @@
+"""Which data files the web app may read, and the uploads it keeps.
+
+The CLI is run by the operator and may read any regular file. The web app reads training data
+only from its own uploads (STUDIO_HOME/uploads, stored under generated names), the bundled preset
+data, and the folders the operator lists in STUDIO_DATA_DIRS; a hub dataset id is not a path and
+stays allowed. Uploads have a size limit (STUDIO_MAX_UPLOAD_MB) and an age limit
+(STUDIO_UPLOAD_MAX_AGE_HOURS).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from .config import PRESETS_DIR, studio_home
+from .data import FORMATS, file_kind, is_hub_id
+from .errors import AccessError, ConfigError, DataError
+
+DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
+DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
+
+def uploads_dir() -> Path:
+    return studio_home() / "uploads"
+
+
+def preset_data_dir() -> Path:
+    return PRESETS_DIR / "data"
+
+
+def _env_number(key: str, default: float) -> float:
+    raw = os.environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key} must be a positive number, got {raw!r}.")
+    return value
+
+
+def max_upload_mb() -> float:
+    return _env_number("STUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)
+
+
+def max_upload_bytes() -> int:
+    """The upload size limit in bytes (STUDIO_MAX_UPLOAD_MB, default 200): also launch(max_file_size=...)."""
+    return int(max_upload_mb() * 2**20)
+
+
+def data_dirs() -> list[Path]:
+    """The folders the operator lists in STUDIO_DATA_DIRS (separated by os.pathsep)."""
+    raw = os.environ.get("STUDIO_DATA_DIRS", "")
+    return [Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip()]
+
+
+def allowed_data_roots() -> list[Path]:
+    """Folders the web app may read data from, resolved (symlinks followed)."""
+    roots = [uploads_dir().resolve(), preset_data_dir().resolve(), *data_dirs()]
+    return list(dict.fromkeys(roots))
+
+
+def check_data_source(source: str, for_web: bool = True) -> str:
+    """`source` as load_preferences should get it: a hub id unchanged, else the checked, resolved path."""
+    text = str(source).strip()
+    if not text:
+        raise DataError("No data given: upload a file or name a hub dataset (owner/name).")
+    if is_hub_id(text) and not _exists(Path(text)):
+        return text
+    return str(check_data_path(text, for_web=for_web))
+
+
+def check_data_path(path: str | Path, for_web: bool = True) -> Path:
+    """The real path of a data file the caller may read; AccessError or DataError if it may not.
+
+    for_web=True: the file must lie, after following every symlink, inside allowed_data_roots().
+    The roots are checked before existence, so a refusal says nothing about what exists elsewhere.
+    """
+    text = str(path).strip()
+    if "\x00" in text:
+        raise AccessError(f"Refused: {text!r} is not a valid path (it holds a NUL byte).")
+    candidate = Path(text) if for_web else Path(text).expanduser()
+    try:
+        # strict=False follows every link that exists, so a link that leads out of a root is seen as outside.
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise DataError(f"Cannot read {text}: {exc}.") from None
+    if for_web and not _inside_any(resolved, allowed_data_roots()):
+        raise AccessError(
+            f"Refused: {text} is outside the folders the web app reads data from. Upload the file, or ask the "
+            f"operator to add its folder to STUDIO_DATA_DIRS. Allowed: {', '.join(map(str, allowed_data_roots()))}."
+        )
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise DataError(f"file not found: {text}") from None
+    except OSError as exc:
+        raise DataError(f"Cannot read {text}: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{resolved.name} is a folder; give a data file (JSONL, JSON, CSV or Parquet).")
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{resolved.name} is not a regular file ({file_kind(info.st_mode)}); give a data file.")
+    return resolved
+
+
+def _inside_any(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists() or path.is_symlink()
+    except (OSError, ValueError):
+        return False
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+
+def store_upload(temp_path: str | Path, original_name: str | None = None, remove_source: bool = True) -> Path:
+    """Copy an upload into STUDIO_HOME/uploads under a generated name; the temporary file is removed.
+
+    The name is a random hex id plus the original suffix (nothing else of the user's name reaches the
+    disk). A file of an unknown type or over max_upload_bytes() is refused and its temporary copy
+    deleted at once. The copy is written beside its target and renamed, so no half file is ever seen.
+    """
+    source = Path(temp_path)
+    shown = original_name or source.name
+    suffix = Path(shown).suffix.lower()
+    try:
+        info = os.stat(source)
+        if suffix not in FORMATS:
+            raise DataError(f"Cannot use {shown}: unknown file type '{suffix or '(none)'}'. "
+                            "Upload a .jsonl / .ndjson, .json, .csv or .parquet file.")
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{shown} is not a regular file ({file_kind(info.st_mode)}).")
+        limit = max_upload_bytes()
+        if info.st_size > limit:
+            raise DataError(f"{shown} is {info.st_size / 2**20:.1f} MB, over the upload limit of "
+                            f"{max_upload_mb():g} MB (STUDIO_MAX_UPLOAD_MB).")
+        folder = uploads_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{uuid.uuid4().hex}{suffix}"
+        handle, partial = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=suffix)
+        try:
+            with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, length=2**20)
+            os.replace(partial, target)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+        return target
+    finally:
+        if remove_source:  # stored or refused, the web server's temporary copy has served its purpose
+            _remove_quietly(source)
+
+
+def discard_upload(path: str | Path) -> bool:
+    """Delete a stored upload that was refused; False (nothing deleted) for anything not directly in uploads/."""
+    candidate = Path(path)
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return False
+    if candidate.is_symlink() or resolved.parent != uploads_dir().resolve() or not resolved.is_file():
+        return False
+    resolved.unlink(missing_ok=True)
+    return True
+
+
+def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozenset = frozenset(),
+                  now: float | None = None) -> list[Path]:
+    """Delete uploads older than max_age_hours (default STUDIO_UPLOAD_MAX_AGE_HOURS, 168); returns them.
+
+    `keep` holds paths still in use (the data of a run in progress), which stay whatever their age.
+    """
+    hours = max_age_hours if max_age_hours is not None else _env_number("STUDIO_UPLOAD_MAX_AGE_HOURS",
+                                                                      DEFAULT_UPLOAD_MAX_AGE_HOURS)
+    cutoff = (now if now is not None else time.time()) - hours * 3600
+    folder = uploads_dir()
+    if not folder.is_dir():
+        return []
+    kept = {Path(p).resolve() for p in keep}
+    removed = []
+    for entry in folder.iterdir():
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)) or info.st_mtime >= cutoff:
+            continue
+        if entry.resolve() in kept:
+            continue
+        _remove_quietly(entry)
+        removed.append(entry)
+    return removed
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a temporary file someone else already moved: nothing left to clean
