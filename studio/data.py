@@ -25,9 +25,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from .errors import DataError  # noqa: F401 - re-exported: callers catch it from here
 
-from .errors import DataError
+from .errors import DataError  # noqa: F401 - re-exported: callers catch it from here
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = ("system", "user", "assistant")

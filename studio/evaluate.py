@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import EvalError  # noqa: F401 - re-exported: callers catch it from here
 from .runs import Run, get_run
 
 from .models import NO_ADAPTER as BASE, chat_ids
-from .errors import EvalError  # noqa: F401 - re-exported: callers catch it from here
 BASELINE_NAME = "SFT baseline"
 HANDBOOK_PROBE = "Write a paragraph to introduce supervised fine-tuning."
 # Used when a run's data has no probes file beside it: the Handbook's probe, then a spread of everyday asks.

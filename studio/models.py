@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Hardware, RunConfig, detect_hardware, studio_home
 from .errors import ModelError  # noqa: F401 - re-exported: callers catch it from here
+from .config import Hardware, RunConfig, detect_hardware, studio_home
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"

@@ -249,6 +249,15 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def data_in_use(root: Path | None = None) -> set[Path]:
+    """Every data file a run reads (its data and held-out data): an upload a run names is never cleaned away."""
+    used = set()
+    for run in list_runs(root):
+        raw = run.read_config_raw() or {}
+        used |= {Path(raw[k]) for k in ("data", "eval_data") if raw.get(k)}
+    return used
+
+
 def list_runs(root: Path | None = None) -> list[Run]:
     root = root or runs_root()
     if not root.is_dir():

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.access import access_mode, auth_from_env, check_access_settings
 from studio.config import studio_home
+from studio.files import max_upload_bytes
 from studio.export import exports_dir
 from studio.runs import mark_interrupted
 from studio.training import TrainingJob
@@ -40,6 +42,8 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
     services = Services()  # owned by this app: the chat model and tokenizers it loads on demand
     with gr.Blocks(title="DPO Studio", fill_width=True, analytics_enabled=False) as demo:
         gr.Markdown(HEADER, elem_id="ds-header")
+        if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
+            gr.LoginButton()
         with gr.Tabs() as tabs:
             data = DataTab(services)
             train = TrainTab(default_preset)
@@ -66,9 +70,13 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
 
 
 def launch_options() -> dict:
-    """Keyword arguments for `demo.launch()`: theme, CSS, and the folder adapter zips are served from."""
+    """Keyword arguments for `demo.launch()`: access control, the upload limit, theme, CSS, and the folder
+    adapter zips are served from."""
+    check_access_settings()
     exports_dir().mkdir(parents=True, exist_ok=True)
     return {
+        "auth": auth_from_env(),
+        "max_file_size": max_upload_bytes(),
         "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="teal"),
         "css_paths": [ASSETS / "studio.css"],
         "allowed_paths": [str(exports_dir())],

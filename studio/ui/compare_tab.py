@@ -14,6 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from studio import jobs
+from studio.access import require_user
+from studio.files import check_data_source
 from studio.config import label_of, preset_names, sweepable
 from studio.errors import ConfigError, EvalError
 from studio.evaluate import (
@@ -253,7 +255,8 @@ class CompareTab:
 
     @user_errors("Cannot start the sweep", lambda self, message: {self.sweep_status: error_html(message)})
     def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
-              **fields) -> dict:
+              request: gr.Request = None, **fields) -> dict:
+        require_user(request, "start a sweep")
         grid = {key1: list(values1 or [])}
         if key2 and key2 != NONE:
             if key2 == key1:
@@ -264,6 +267,8 @@ class CompareTab:
             if not values:
                 raise ConfigError(f"Pick at least one value of {label_of(key)} to sweep.")
         cfg = config_from_widgets(fields)
+        cfg = cfg.replace(data=check_data_source(cfg.data),
+                          eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
         probes = prompt_lines(prompts) or None
         sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
                       settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
@@ -272,7 +277,9 @@ class CompareTab:
         return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
                 self.view: {"sweep": sweep.id, "sweep_state": record["state"]}, self.timer: gr.Timer(POLL_SECONDS)}
 
-    def stop(self):
+    @user_errors("Cannot stop the sweep")
+    def stop(self, request: gr.Request = None):
+        require_user(request, "stop a sweep")
         sweep = Sweep.active()
         if sweep is None:
             gr.Info("No sweep is running.")
@@ -331,16 +338,18 @@ class CompareTab:
         # fp32 as the CLI and sweeps: scores and probe answers match theirs, and cached answers are reused.
         return self.services.chat.get(models.pop(), dtype=torch.float32)
 
-    def evaluate(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
+    def evaluate(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress(),
+                 request: gr.Request = None):
         """Held-out accuracy of each run (saved as its eval.json); drift is measured on the probe prompts."""
         if not picked:
             gr.Warning("Select at least one run.")
             return gr.skip()
-        self._evaluate(picked, prompt_lines(prompts), int(max_new_tokens or PROBE_MAX_NEW_TOKENS), progress)
+        self._evaluate(picked, prompt_lines(prompts), int(max_new_tokens or PROBE_MAX_NEW_TOKENS), progress, request)
         return results_frame(picked)
 
     @user_errors("Cannot evaluate")
-    def _evaluate(self, picked: list[str], probes: list[str], max_new_tokens: int, progress) -> None:
+    def _evaluate(self, picked: list[str], probes: list[str], max_new_tokens: int, progress, request=None) -> None:
+        require_user(request, "evaluate runs")
         runs = [get_run(r) for r in picked]
         settings = probe_settings(max_new_tokens)
 
@@ -355,15 +364,17 @@ class CompareTab:
 
         jobs.run("evaluate", f"evaluating {len(runs)} run(s)", work)
 
-    def build_grid(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress()):
+    def build_grid(self, picked: list[str] | None, prompts: str, max_new_tokens, progress=gr.Progress(),
+                   request: gr.Request = None):
         lines = prompt_lines(prompts)
         if not picked or not lines:
             gr.Warning("Select at least one run and write at least one probe prompt, one a line.")
             return gr.skip(), gr.skip()
-        return self._grid(picked, lines, int(max_new_tokens), progress)
+        return self._grid(picked, lines, int(max_new_tokens), progress, request)
 
     @user_errors("Cannot build the grid", lambda self, message: (gr.skip(), gr.skip()))
-    def _grid(self, picked: list[str], lines: list[str], max_new_tokens: int, progress):
+    def _grid(self, picked: list[str], lines: list[str], max_new_tokens: int, progress, request=None):
+        require_user(request, "build a probe grid")
         runs = [get_run(r) for r in picked]
         phase = f"answering {len(lines)} prompts with the SFT baseline and {len(runs)} run(s)"
         progress(0, desc=phase)

@@ -18,7 +18,9 @@ import pandas as pd
 
 from studio.data import Columns, load_preferences, peek, token_lengths
 from studio.errors import StudioError
+from studio.access import require_user
 from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload
+from studio.runs import data_in_use
 from studio.models import ModelError, display_name
 
 from . import charts
@@ -156,15 +158,20 @@ class DataTab:
                                outputs=outputs, api_name="check_train_data")
 
     # --- handlers ---
-    def check_upload(self, file: str | None, model: str, max_length) -> dict:
+    def check_upload(self, file: str | None, model: str, max_length, request: gr.Request = None) -> dict:
         if not file:
             return {self.summary: gr.skip()}
         name = Path(file).name  # Gradio keeps the user's file name for its temporary copy
+        try:
+            require_user(request, "upload data")
+        except StudioError as e:
+            discard_upload(file)
+            return self._refused(name, str(e))
         if not _in_gradio_uploads(file):
             # Gradio refuses such inputs itself; were one to get through, copying it would read a server file.
             return self._refused(name, "Refused: this file was not uploaded through the app.")
         try:
-            clean_uploads()  # uploads past STUDIO_UPLOAD_MAX_AGE_HOURS go on each new one
+            clean_uploads(keep=data_in_use())  # old uploads go, except those a run still reads
             stored = store_upload(file, name)
         except StudioError as e:
             return self._refused(name, str(e))
@@ -191,7 +198,11 @@ class DataTab:
                           model, max_length, fresh=True)
 
     def check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
-                         system_col) -> dict:
+                         system_col, request: gr.Request = None) -> dict:
+        try:
+            require_user(request, "read data files")
+        except StudioError as e:
+            return self._refused(data or "", str(e))
         if not (data or "").strip():
             gr.Warning("The Train tab has no data set yet.")
             return {self.summary: gr.skip()}

@@ -9,10 +9,11 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from studio.access import require_user
 from studio.export import zip_adapter
 from studio.runs import delete_run, get_run, list_runs
 
-from .common import duration, number, overlay, user_errors, when
+from .common import duration, number, overlay, user_errors, user_message, when
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
     "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
@@ -97,14 +98,17 @@ class RunsTab:
         return gr.Dropdown(value=row[0]) if row else gr.skip()
 
 
-    def download(self, run_id: str | None):
+    def download(self, run_id: str | None, request: gr.Request = None):
         if not run_id:
             gr.Warning("Select a run first.")
             return gr.File(visible=False)
         try:
+            require_user(request, "export runs")
             path = zip_adapter(get_run(run_id))
-        except FileNotFoundError as e:
-            gr.Warning(str(e))
+        except Exception as e:  # noqa: BLE001 - a user's problem becomes a warning; a bug propagates
+            if user_message(e) is None:
+                raise
+            gr.Warning(user_message(e))
             return gr.File(value=None, visible=False)
         return gr.File(value=str(path), visible=True)
 
@@ -116,10 +120,11 @@ class RunsTab:
                                         "This cannot be undone.")
 
     @user_errors("Cannot delete")
-    def _delete(self, run_id: str | None) -> None:
+    def _delete(self, run_id: str | None, request=None) -> None:
+        require_user(request, "delete runs")
         delete_run(get_run(run_id))
         gr.Info(f"Deleted run {run_id}.")
 
-    def delete(self, run_id: str | None, compare: list[str] | None):
-        self._delete(run_id)
+    def delete(self, run_id: str | None, compare: list[str] | None, request: gr.Request = None):
+        self._delete(run_id, request)
         return (gr.Group(visible=False), *self.refresh(None, [r for r in (compare or []) if r != run_id]))

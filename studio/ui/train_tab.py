@@ -14,7 +14,9 @@ import gradio as gr
 
 from studio import memory
 from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
+from studio.access import require_user
 from studio.data import check_sources, eval_source
+from studio.files import check_data_source
 from studio.errors import ConfigError
 from studio.models import EMBEDDED
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
@@ -55,6 +57,12 @@ def card_markdown(preset) -> str:
 def progress_of(run_id: str, job: TrainingJob | None) -> dict:
     """The live job's progress when it is this run, else what the run folder says."""
     return job.progress() if job is not None and job.run.id == run_id else Run(runs_root() / run_id).progress()
+
+
+def web_data(cfg: RunConfig) -> RunConfig:
+    """The config with its data paths checked against the folders the web app may read (AccessError if not)."""
+    return cfg.replace(data=check_data_source(cfg.data),
+                       eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
 
 
 def is_preset_data(path: str) -> bool:
@@ -210,9 +218,10 @@ class TrainTab:
             gr.Warning(self.qlora_problem, title="QLoRA unavailable")
 
     @user_errors("Cannot start", lambda self, message: {self.status: error_html(message)})
-    def start_training(self, **values) -> dict:
+    def start_training(self, request: gr.Request = None, **values) -> dict:
+        require_user(request, "start training")
         preset = values.pop("preset", None)
-        cfg = config_from_widgets(values)
+        cfg = web_data(config_from_widgets(values))
         check_sources(cfg)
         job = TrainingJob(cfg, preset=preset or None).start()
         progress = job.progress()
@@ -221,7 +230,9 @@ class TrainTab:
                 self.runs_changed: f"{job.run.id}:started", self.start: gr.Button(interactive=False),
                 self.stop: gr.Button(interactive=True), self.timer: gr.Timer(POLL_SECONDS)}
 
-    def stop_training(self) -> dict:
+    @user_errors("Cannot stop")
+    def stop_training(self, request: gr.Request = None) -> dict:
+        require_user(request, "stop training")
         job = TrainingJob.active()
         if job is None:
             gr.Info("No training is running.")
