@@ -142,17 +142,20 @@ class GpuMemory:
     def __init__(self, log: Path):
         self.log = log
         self.proc = None
+        self.out = None
 
     def __enter__(self):
         if shutil.which("nvidia-smi"):
+            self.out = self.log.open("w")
             self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                          "-lms", "250"], stdout=self.log.open("w"), stderr=subprocess.DEVNULL)
+                                          "-lms", "250"], stdout=self.out, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc):
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait()
+            self.out.close()
 
     def peak_mib(self) -> int | None:
         values = [int(v) for v in self.log.read_text().split() if v.strip().isdigit()] if self.log.is_file() else []
@@ -225,12 +228,15 @@ def table(rows: list[dict]) -> str:
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """Unsloth over transformers+PEFT at equal settings: the preset sizing, same model and method."""
+    """Unsloth over transformers+PEFT at equal settings: the preset sizing, same model and method.
+
+    Matched on the backend that actually ran (config.yaml), not the one asked for.
+    """
     out = []
     for r in rows:
-        if r["asked_backend"] != "unsloth" or r["sizing"] != "preset" or not r.get("s_per_step"):
+        if r.get("backend") != "unsloth" or r["sizing"] != "preset" or not r.get("s_per_step"):
             continue
-        twin = next((t for t in rows if t["asked_backend"] == "transformers" and t["sizing"] == "preset"
+        twin = next((t for t in rows if t.get("backend") == "transformers+peft" and t["sizing"] == "preset"
                      and t["model"] == r["model"] and t["method"] == r["method"] and t.get("s_per_step")), None)
         if twin:
             mem = (f", peak memory {r['peak_gpu_mib'] / twin['peak_gpu_mib']:.2f}x"
@@ -247,7 +253,7 @@ def _cell(value, pct: bool = False) -> str:
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-    versions = next((r["versions"] for r in rows if r.get("versions")), {})
+    versions = {k: v for r in rows for k, v in (r.get("versions") or {}).items()}  # unsloth's only in its rows
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on **{header['gpu']}** ({header['free_gb']} GB free at the start), "
              f"{header['steps']} DPO steps a run on the twin-style pairs, s/step the median after 2 warm-up steps.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "", table(rows), ""]

@@ -76,14 +76,17 @@ def test_early_import_never_imports_unsloth_without_cuda(tmp_path):
 
 def test_our_pad_token_is_put_back_after_a_loader_changed_it(studio_home):
     """What Unsloth does to SmolLM2 (pad <|im_end|> -> <|endoftext|>), undone and recorded."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     from studio.models import embedded_checkpoint, keep_pad_token, load_tokenizer
 
     path = str(embedded_checkpoint())
     tokenizer = load_tokenizer(path)
     ours = tokenizer.pad_token
-    model = AutoModelForCausalLM.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)  # the embedded model's config on a one-layer body: seconds, not 30
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.head_dim = 64, 64, 1, 16
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig.from_pretrained(path)
     tokenizer.pad_token = "<|endoftext|>"
     model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     note = keep_pad_token(model, tokenizer, ours)
