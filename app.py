@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
-from studio.ui import build_app, launch_options
+# This project's `studio` first, even under `python -P` or a launcher that does not put the script's folder on
+# sys.path: Unsloth's wheel installs an unrelated top-level package named `studio` into site-packages.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from studio.ui import build_app, launch_options  # noqa: E402 - after the path fix
 
 demo = build_app()
 

@@ -24,12 +24,28 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy, so baseline and tuned differ only by the adapter
     top_p: float = 0.9
     seed: int = 0
+    # Off by default: both hide the looping a damaged model falls into, which the probe measures should see.
+    repetition_penalty: float = 1.0  # > 1 makes tokens already in the answer less likely (1.0 = off)
+    no_repeat_ngram_size: int = 0  # > 0 forbids repeating any n-gram of this many tokens (0 = off)
+
+    def __post_init__(self):
+        from .errors import ConfigError
+
+        if not self.repetition_penalty > 0:
+            raise ConfigError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty!r}")
+        if self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
 
     def kwargs(self) -> dict:
-        if self.temperature <= 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+        out = {"do_sample": False, "max_new_tokens": self.max_new_tokens}
+        if self.temperature > 0:
+            out.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        # Passed only when set, so generate() runs exactly as before for everyone who leaves them off.
+        if self.repetition_penalty != 1.0:
+            out["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return out
 
 
 class _RowStreamer:
@@ -62,6 +78,9 @@ class ChatEngine:
         self.model, self.tokenizer = load_base(model_spec, device, dtype or chat_dtype(device))
         self.device = next(self.model.parameters()).device
         self.adapters: dict[str, Path] = {}
+        # Base-model answers by (prompts, settings), kept by studio.evaluate: the base weights never change in an
+        # engine, so a sweep's evaluations and its probe grid generate the baseline column once.
+        self.baseline_answers: dict = {}
         self._lock = threading.Lock()  # one generate at a time: two would halve each other's speed
 
     # --- adapters ---
@@ -88,8 +107,12 @@ class ChatEngine:
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
 
     def stream(self, conversations: list[list[dict]], adapters: list[str | None],
-               settings: GenerationSettings | None = None) -> Iterator[list[str]]:
-        """Answer each conversation with its adapter (None = base model); yields every row's text so far."""
+               settings: GenerationSettings | None = None, finished: list[bool] | None = None) -> Iterator[list[str]]:
+        """Answer each conversation with its adapter (None = base model); yields every row's text so far.
+
+        `finished`, when given, is filled once the stream ends with one flag per row: True where the
+        answer ended on its own (EOS), False where it was cut at max_new_tokens.
+        """
         settings = settings or GenerationSettings()
         rows = len(conversations)
         ids = [self.prompt_ids(c) for c in conversations]
@@ -142,6 +165,8 @@ class ChatEngine:
         worker.join()
         if errors:
             raise errors[0]
+        if finished is not None:
+            finished[:] = done
 
     def stream_pair(self, baseline: list[dict], tuned: list[dict], adapter: str,
                     settings: GenerationSettings | None = None) -> Iterator[tuple[str, str]]:

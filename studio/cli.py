@@ -329,6 +329,17 @@ def cmd_eval(args) -> int:
     print(f"mean_margin:       {result['mean_margin']:.4f}")
     if result["kl_drift"] is not None:
         print(f"kl_drift:          {result['kl_drift']:.4f}   (per-token log-ratio tuned/SFT on its own probe answers)")
+    if result["probes"]:
+        print(f"probe answers ({len(result['probes'])} prompts, greedy)   baseline -> tuned:")
+        for key, label in (("repetition", "repeated 4-grams"), ("distinct_2", "distinct-2"), ("mean_words", "mean words"),
+                           ("ended_on_own", "ended on own")):
+            base, tuned = result.get(f"baseline_{key}"), result.get(key)
+            show = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+            print(f"  {label + ':':<18} {show(base):>6} -> {show(tuned):<6}")
+        if result.get("length_ratio") is not None:
+            print(f"  {'length ratio:':<18} {result['length_ratio']:.2f}   (tuned mean words / baseline's)")
+    for warning in result.get("damage") or []:
+        print(f"WARNING: {warning}")
     print(f"saved: {run.path / 'eval.json'}", file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-"""What DPO changed: held-out preference accuracy (baseline vs tuned), implicit rewards, and probe grids.
+"""What DPO changed: held-out preference accuracy (baseline vs tuned), implicit rewards, probe grids, and damage.
 
 Baseline and tuned are scored the same way, from one copy of the base weights: the tuned scores
 with the run's adapter on, the baseline scores with it switched off (PEFT's per-row `adapter_names`,
@@ -8,6 +8,13 @@ with the run's adapter on, the baseline scores with it switched off (PEFT's per-
     result = evaluate_run("20250101-120000-twin-style-cpu")     # also saved as eval.json in the run folder
     grid = probe_grid([run_a, run_b], default_probes(run_a))    # SFT baseline + one column per run
     print(grid_to_markdown(grid))
+
+Damage shows in the probe answers (greedy, so they change only when the weights do): the share of
+word 4-grams an answer repeats from earlier in itself (a looping answer scores high), distinct-2
+across a column (low = the same phrases everywhere), mean length and its ratio to the baseline's,
+and the share of answers that end on their own rather than at the token limit. `evaluate_run`
+warns (eval.json's `damage`) when held-out accuracy rose while repetition or length moved far from
+the baseline's: the preference may have been learned through length or degenerate text.
 
 Readability is the Flesch reading ease, computed here with a small vowel-group syllable counter
 (no dictionary): 206.835 - 1.015 * words/sentences - 84.6 * syllables/words. Higher reads easier;
@@ -222,22 +229,27 @@ def evaluate_run(run, data: str | None = None, engine=None, probes: list[str] | 
                                    max_length=cfg.max_length)
     probes = list(probes) if probes is not None else default_probes(run)
     settings = settings or probe_settings()
-    answers = _column_answers(engine, run, adapter, probes, settings) if probes else []
+    answers, finished = _column_answers(engine, run, adapter, probes, settings) if probes else ([], [])
+    base_answers, base_finished = _baseline_answers(engine, probes, settings) if probes else ([], [])
     with engine._lock:
         drift = kl_drift(engine.model, engine.tokenizer, probes, answers, adapter, batch_size) if probes else None
     result = {
         "run": run.id,
         **scores,
         "kl_drift": drift,
+        **(probe_comparison(measures(base_answers, base_finished), measures(answers, finished)) if probes
+           else dict.fromkeys(PROBE_KEYS)),
         "beta": cfg.beta,
         "data": source,
         "max_length": cfg.max_length,
         "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
-        "probes": [{"prompt": p, "answer": a} for p, a in zip(probes, answers)],
+        "probes": [{"prompt": p, "answer": a, "ended_on_own": f, "baseline_answer": b, "baseline_ended_on_own": bf}
+                   for p, a, f, b, bf in zip(probes, answers, finished, base_answers, base_finished)],
         "probe_settings": dataclasses.asdict(settings),
         "seconds": round(time.time() - t0, 1),
         "time": time.time(),
     }
+    result["damage"] = damage_warnings(result)
     if save:
         run.write_json("eval.json", result)
     return result
@@ -270,21 +282,39 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def _generate(engine, prompts: list[str], adapter: str | None, settings) -> list[str]:
-    texts = [""] * len(prompts)
-    for texts in engine.stream([[{"role": "user", "content": p}] for p in prompts], [adapter] * len(prompts), settings):
+def _generate(engine, prompts: list[str], adapter: str | None, settings) -> tuple[list[str], list[bool]]:
+    """Answers to the prompts in one batch, and for each whether it ended on its own (not at the token limit)."""
+    texts, finished = [""] * len(prompts), []
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    for texts in engine.stream(conversations, [adapter] * len(prompts), settings, finished=finished):
         pass
-    return [t.strip() for t in texts]
+    return [t.strip() for t in texts], finished
 
 
-def _column_answers(engine, run: Run, adapter: str, prompts: list[str], settings, reuse: bool = True) -> list[str]:
-    """A run's answers to the probes, reusing probes.json when prompts, settings, dtype and adapter all match."""
+def _column_answers(engine, run: Run, adapter: str, prompts: list[str], settings,
+                    reuse: bool = True) -> tuple[list[str], list[bool]]:
+    """A run's answers to the probes and their finish flags, reusing probes.json when prompts, settings, dtype
+    and adapter all match."""
     key = _probe_key(engine, run, prompts, settings)
     cached = run.read_json("probes.json") if reuse else None
-    if cached and cached.get("key") == key and len(cached.get("answers", [])) == len(prompts):
-        return cached["answers"]
-    answers = _generate(engine, prompts, adapter, settings)
-    run.write_json("probes.json", {"key": key, "prompts": prompts, "answers": answers, "measures": measures(answers)})
+    if (cached and cached.get("key") == key and len(cached.get("answers", [])) == len(prompts)
+            and len(cached.get("finished") or []) == len(prompts)):  # files from before the flags: generate again
+        return cached["answers"], cached["finished"]
+    answers, finished = _generate(engine, prompts, adapter, settings)
+    run.write_json("probes.json", {"key": key, "prompts": prompts, "answers": answers, "finished": finished,
+                                   "measures": measures(answers, finished)})
+    return answers, finished
+
+
+def _baseline_answers(engine, prompts: list[str], settings) -> tuple[list[str], list[bool]]:
+    """The SFT baseline's answers (adapters off), generated once per engine for the same prompts and settings."""
+    key = json.dumps([list(prompts), dataclasses.asdict(settings)])
+    cache = getattr(engine, "baseline_answers", None)
+    if cache is not None and key in cache:
+        return cache[key]
+    answers = _generate(engine, prompts, None, settings)
+    if cache is not None:
+        cache[key] = answers
     return answers
 
 
@@ -322,16 +352,19 @@ def probe_grid(runs: list, prompts: list[str], engine=None, settings=None, reuse
         engine = ChatEngine(models.pop() if models else "embedded", dtype=torch.float32)
     elif models and engine.model_spec not in models:
         raise EvalError(f"This engine holds {engine.model_spec!r} but the runs were trained on {models.pop()!r}.")
-    columns = [_column(BASELINE_NAME, _generate(engine, prompts, None, settings))]
+    baseline = _baseline_answers(engine, prompts, settings) if reuse else _generate(engine, prompts, None, settings)
+    columns = [_column(BASELINE_NAME, *baseline)]
     for r in runs:
         adapter = engine.attach_run(r)
-        columns.append(_column(r.id, _column_answers(engine, r, adapter, prompts, settings, reuse)))
+        columns.append(_column(r.id, *_column_answers(engine, r, adapter, prompts, settings, reuse)))
+    for c in columns:
+        c["measures"]["length_ratio"] = length_ratio(columns[0]["measures"]["words"], c["measures"]["words"])
     return {"prompts": prompts, "columns": columns, "settings": dataclasses.asdict(settings),
             "model": engine.model_spec}
 
 
-def _column(name: str, answers: list[str]) -> dict:
-    return {"name": name, "answers": answers, "measures": measures(answers)}
+def _column(name: str, answers: list[str], finished: list[bool] | None = None) -> dict:
+    return {"name": name, "answers": answers, "measures": measures(answers, finished)}
 
 
 # --- measures of a column ---------------------------------------------------------------------
@@ -374,27 +407,142 @@ def is_first_person(sentence: str) -> bool:
     return bool(_FIRST_PERSON_I.search(sentence) or _FIRST_PERSON_OTHER.search(sentence))
 
 
-def measures(answers: list[str]) -> dict:
-    """Mean words per answer, mean Flesch reading ease, and the share of all sentences in the first person."""
+def ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    """The word n-grams of a text, in order, lower-cased (so "The" and "the" repeat each other)."""
+    ws = [w.lower() for w in words(text)]
+    return [tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)]
+
+
+def repeated_ngram_share(text: str, n: int = 4) -> float | None:
+    """Share of the answer's word n-grams that already occurred earlier in the same answer.
+
+    0 for an answer that never repeats itself; an answer that loops one sentence approaches 1.
+    None for an answer shorter than n words (it has no n-gram to repeat).
+    """
+    grams = ngrams(text, n)
+    if not grams:
+        return None
+    seen: set[tuple[str, ...]] = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams)
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of all the texts together (Li et al. 2016's distinct-n).
+
+    1 when no word pair occurs twice anywhere in the column; low when the answers share the same phrases
+    or loop. None when the texts hold no n-gram at all.
+    """
+    grams = [g for t in texts for g in ngrams(t, n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def length_ratio(baseline_words: float | None, words_: float | None) -> float | None:
+    """Mean words of a column over the baseline's (1 = as long; None when the baseline said nothing)."""
+    if not baseline_words or words_ is None:
+        return None
+    return round(words_ / baseline_words, 3)
+
+
+def measures(answers: list[str], finished: list[bool] | None = None) -> dict:
+    """What a column of answers looks like: length, readability, voice, and the signs of damage.
+
+    - words: mean words per answer; readability: mean Flesch reading ease; first_person: share of all
+      sentences in the first person;
+    - repetition: mean over answers (of at least 4 words) of the share of word 4-grams repeated from
+      earlier in the same answer; distinct_2: distinct word pairs over all word pairs of the column;
+    - ended_on_own: share of answers that ended on their own (EOS) rather than at the token limit
+      (None when `finished` is not known).
+    """
     scores = [s for s in (flesch_reading_ease(a) for a in answers) if s is not None]
     all_sentences = [s for a in answers for s in sentences(a)]
+    repeats = [r for r in (repeated_ngram_share(a, 4) for a in answers) if r is not None]
+    distinct = distinct_n(answers, 2)
     return {
         "words": round(sum(len(words(a)) for a in answers) / len(answers), 1) if answers else 0.0,
         "readability": round(sum(scores) / len(scores), 1) if scores else None,
         "first_person": round(sum(map(is_first_person, all_sentences)) / len(all_sentences), 3) if all_sentences else 0.0,
+        "repetition": round(sum(repeats) / len(repeats), 3) if repeats else None,
+        "distinct_2": round(distinct, 3) if distinct is not None else None,
+        "ended_on_own": round(sum(map(bool, finished)) / len(finished), 3) if finished else None,
     }
 
 
 MEASURE_LABELS = {
     "words": "mean words",
+    "length_ratio": "length vs baseline (ratio of mean words)",
     "readability": "readability (Flesch reading ease)",
     "first_person": "first-person sentences (share)",
+    "repetition": "repeated word 4-grams (share, per answer)",
+    "distinct_2": "distinct-2 (distinct word pairs / all)",
+    "ended_on_own": "ended on their own, not at the token limit (share)",
 }
+
+
+# --- damage: what the probes say next to the accuracy ------------------------------------------
+
+# A healthy SFT model's greedy paragraphs repeat a few percent of their word 4-grams (set phrases, list
+# items). One answer that loops scores ~0.5-0.9, so among the ~6-12 probes a rise of 0.05 in the mean is
+# about one probe that started looping, or several that pad with the same phrases: worth reading.
+REPETITION_RISE = 0.05
+# DPO is known to learn length when chosen answers are longer than rejected ones (Park et al. 2024,
+# "Disentangling Length from Quality in DPO"). Greedy probes are deterministic, so any change is the
+# adapter's; a style shift moves length by tens of percent, so only a change beyond 30% is flagged.
+LENGTH_RATIO_BAND = (0.7, 1.3)
+
+PROBE_KEYS = ("repetition", "baseline_repetition", "distinct_2", "baseline_distinct_2", "mean_words",
+              "baseline_mean_words", "length_ratio", "ended_on_own", "baseline_ended_on_own")
+
+
+def probe_comparison(baseline: dict, tuned: dict) -> dict:
+    """The damage measures of the tuned answers and the baseline's on the same probes, flat for eval.json."""
+    return {
+        "repetition": tuned["repetition"], "baseline_repetition": baseline["repetition"],
+        "distinct_2": tuned["distinct_2"], "baseline_distinct_2": baseline["distinct_2"],
+        "mean_words": tuned["words"], "baseline_mean_words": baseline["words"],
+        "length_ratio": length_ratio(baseline["words"], tuned["words"]),
+        "ended_on_own": tuned["ended_on_own"], "baseline_ended_on_own": baseline["ended_on_own"],
+    }
+
+
+def damage_warnings(result: dict) -> list[str]:
+    """Plain-language warnings for a run whose accuracy rose while its probe answers moved far from the baseline's.
+
+    `result` holds evaluate_run's keys (baseline_accuracy, tuned_accuracy and PROBE_KEYS). Empty when
+    accuracy did not rise or the answers stayed close to the baseline's.
+    """
+    base_acc, tuned_acc = result.get("baseline_accuracy"), result.get("tuned_accuracy")
+    if base_acc is None or tuned_acc is None or not tuned_acc > base_acc:
+        return []
+    rose = f"Held-out accuracy rose ({base_acc:.2f} -> {tuned_acc:.2f})"
+    out = []
+    rep, base_rep = result.get("repetition"), result.get("baseline_repetition")
+    if rep is not None and rep - (base_rep or 0.0) > REPETITION_RISE:
+        out.append(f"{rose} while the probe answers repeat themselves: {rep:.0%} of their word 4-grams are repeats, "
+                   f"against {base_rep or 0:.0%} for the SFT baseline (flagged above +{REPETITION_RISE:.0%}). "
+                   f"Read the answers before trusting the accuracy.")
+    ratio = result.get("length_ratio")
+    low, high = LENGTH_RATIO_BAND
+    if ratio is not None and not low <= ratio <= high:
+        way = "longer" if ratio > high else "shorter"
+        cut = ""
+        ended, base_ended = result.get("ended_on_own"), result.get("baseline_ended_on_own")
+        if ended is not None and base_ended is not None and ended < base_ended:
+            cut = (f"; only {ended:.0%} of them end on their own (baseline {base_ended:.0%}), the rest hit the token "
+                   f"limit, so they are longer still")
+        out.append(f"{rose} while the probe answers got {way}: {ratio:.2f}x the baseline's mean words "
+                   f"({result.get('mean_words')} vs {result.get('baseline_mean_words')}; flagged outside "
+                   f"{low}-{high}x){cut}. DPO may have learned length rather than the preference.")
+    return out
 
 
 # --- one row per run ---------------------------------------------------------------------------
 
-EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift")
+EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift",
+             *PROBE_KEYS, "damage")
 
 
 def result_row(run: Run, result: dict | None = None) -> dict:
@@ -409,6 +557,8 @@ def result_row(run: Run, result: dict | None = None) -> dict:
            "loss": s["loss"], "margins": s["margins"]}
     result = result if result is not None else run.read_json("eval.json") or {}
     row.update({k: result[k] for k in (*EVAL_KEYS, "error") if k in result})
+    if "damage" in row:  # one table cell: the warnings as text, empty when there are none
+        row["damage"] = " ".join(f"⚠ {w}" for w in row["damage"]) or None
     return row
 
 

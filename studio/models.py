@@ -198,11 +198,19 @@ def training_dtype(cfg: RunConfig, hw: Hardware):
     return torch.float32  # CPU: fp32 matmuls are the fast path; bf16 autocast was ~19x slower here
 
 
-def load_for_training(cfg: RunConfig, hw: Hardware | None = None) -> Loaded:
-    """Base model + tokenizer + LoRA/QLoRA, on the best backend this machine has."""
+def load_for_training(cfg: RunConfig, hw: Hardware | None = None, backend: str | None = None) -> Loaded:
+    """Base model + tokenizer + LoRA/QLoRA with the chosen backend ("unsloth" or "transformers").
+
+    `backend` is studio.backends.choose_backend's decision for this run; None decides here from the
+    config's `backend` setting (auto when it has none), without knowing the run's length.
+    """
     hw = hw or detect_hardware()
+    if backend is None:
+        from .backends import choose_backend
+
+        backend, _ = choose_backend(getattr(cfg, "backend", "auto"), hw)
     path = resolve_model(cfg.model)
-    if hw.unsloth:
+    if backend == "unsloth":
         return _load_unsloth(cfg, path, hw)
     return _load_transformers(cfg, path, hw)
 
@@ -242,9 +250,10 @@ def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
 
 
 def _load_unsloth(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
-    import unsloth  # noqa: F401 - must be imported before transformers' trainer to patch it
+    import unsloth  # noqa: F401 - best imported before transformers: see studio.backends.early_import
     from unsloth import FastLanguageModel
 
+    ours = load_tokenizer(path).pad_token  # the pad token every other path of the engine uses
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=cfg.max_length,
@@ -258,10 +267,31 @@ def _load_unsloth(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,
     )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    note = keep_pad_token(model, tokenizer, ours)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return Loaded(model, tokenizer, None, backend_record("unsloth", hw, f"nf4 + {dtype}" if cfg.method == "qlora" else dtype))
+    record = backend_record("unsloth", hw, f"nf4 + {dtype}" if cfg.method == "qlora" else dtype)
+    record["pad_token"] = tokenizer.pad_token
+    if note:
+        record["pad_token_note"] = note
+    return Loaded(model, tokenizer, None, record)
+
+
+def keep_pad_token(model, tokenizer, pad_token: str | None) -> str | None:
+    """Put our pad token back where a loader changed it; returns what changed (for the run's config.yaml).
+
+    Unsloth replaces a pad token equal to EOS (SmolLM2's <|im_end|>) with another token (<|endoftext|>
+    was seen), because a collator that masks padding by id would otherwise mask EOS too. TRL's
+    preference collator masks by length, not by id, so ours is safe to keep, and keeping it means the
+    tuned model pads (and chats, and is evaluated) exactly as on the transformers+PEFT path.
+    """
+    if pad_token is None or tokenizer.pad_token == pad_token:
+        return None
+    theirs = tokenizer.pad_token
+    tokenizer.pad_token = pad_token
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if config is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+    return f"the loader set pad token {theirs!r}; restored {pad_token!r} (id {tokenizer.pad_token_id})"
 
 
 def _check_targets(model, cfg: RunConfig) -> None:

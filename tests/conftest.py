@@ -3,11 +3,15 @@
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# A bare `pytest` puts tests/ on sys.path, not the project: without this, `import studio` would find nothing, or
+# Unsloth's unrelated top-level `studio` package where Unsloth is installed. (`python -m pytest` adds the cwd.)
+sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,9 @@ import torch
 
 from studio.config import RunConfig
 from studio.evaluate import (
-    BASELINE_NAME, GENERIC_PROBES, HANDBOOK_PROBE, EvalError, default_probes, evaluate_run, flesch_reading_ease,
-    grid_to_csv, grid_to_markdown, measures, probe_grid, probe_settings, sequence_logps,
+    BASELINE_NAME, GENERIC_PROBES, HANDBOOK_PROBE, LENGTH_RATIO_BAND, MEASURE_LABELS, PROBE_KEYS, REPETITION_RISE,
+    EvalError, damage_warnings, default_probes, distinct_n, evaluate_run, flesch_reading_ease, grid_to_csv,
+    grid_to_markdown, measures, probe_grid, probe_settings, repeated_ngram_share, result_row, sequence_logps,
 )
 from studio.runs import Run
 from studio.training import TrainingJob
@@ -76,6 +77,46 @@ def test_dpo_moves_the_preference_towards_the_chosen_answers(trained_eval):
     assert r["beta"] == 0.1 and r["dtype"] == "float32"
 
 
+def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval):
+    r = trained_eval
+    for key in (*PROBE_KEYS, "damage"):
+        assert key in r, key
+    for key in ("repetition", "baseline_repetition", "distinct_2", "baseline_distinct_2", "ended_on_own",
+                "baseline_ended_on_own"):
+        assert r[key] is None or 0.0 <= r[key] <= 1.0, (key, r[key])
+    assert r["distinct_2"] > 0 and r["baseline_distinct_2"] > 0
+    assert r["mean_words"] > 0 and r["baseline_mean_words"] > 0
+    assert r["length_ratio"] == pytest.approx(r["mean_words"] / r["baseline_mean_words"], abs=1e-3)
+    probes = r["probes"]
+    assert [p["prompt"] for p in probes] == PROBES and all(p["baseline_answer"].strip() for p in probes)
+    assert all(isinstance(p["ended_on_own"], bool) and isinstance(p["baseline_ended_on_own"], bool) for p in probes)
+    assert r["ended_on_own"] == sum(p["ended_on_own"] for p in probes) / len(probes)
+    assert isinstance(r["damage"], list) and all(isinstance(w, str) for w in r["damage"])
+
+
+def test_the_compare_table_row_carries_the_damage_measures(trained, trained_eval):
+    row = result_row(trained)
+    assert row["length_ratio"] == trained_eval["length_ratio"] and row["repetition"] == trained_eval["repetition"]
+    assert row["damage"] is None or row["damage"].startswith("⚠")
+
+
+def test_stream_reports_whether_each_answer_ended_on_its_own(engine):
+    from studio.chat import GenerationSettings
+
+    prompts = ["Reply with one word: yes or no. Is water wet?", "Tell me one thing about tea."]
+    finished: list[bool] = []
+    texts = [""] * 2
+    for texts in engine.stream([[{"role": "user", "content": p}] for p in prompts], [None, None],
+                               GenerationSettings(max_new_tokens=6), finished=finished):
+        pass
+    assert len(finished) == 2
+    lengths = [len(engine.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    for done, n in zip(finished, lengths):
+        # An answer that ended on EOS used fewer than the limit's tokens; a cut one used all of them.
+        assert (n < 6) if done else (n == 6), (finished, lengths, texts)
+    assert finished == [True, False], texts  # a one-word answer ends; "one thing about tea" runs on
+
+
 def test_eval_json_is_written_to_the_run_folder(trained, trained_eval):
     saved = json.loads((trained.path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(trained_eval))
@@ -113,6 +154,10 @@ def test_an_unchanged_adapter_scores_exactly_like_the_baseline(untrained_eval):
     assert r["reward_accuracy"] == 0.0 and r["mean_margin"] == 0.0  # no pair's reward moved, so none is "higher"
     assert r["kl_drift"] == 0.0
     assert r["tuned_logp_gap"] == r["baseline_logp_gap"]
+    # The same weights give the same probe answers: every damage measure equals the baseline's, no warning.
+    assert r["repetition"] == r["baseline_repetition"] and r["distinct_2"] == r["baseline_distinct_2"]
+    assert r["length_ratio"] == 1.0 and r["ended_on_own"] == r["baseline_ended_on_own"] and r["damage"] == []
+    assert all(p["answer"] == p["baseline_answer"] for p in r["probes"])
 
 
 def test_baseline_accuracy_is_the_plain_base_model_measured_per_token(untrained_eval, engine, style_pairs):
@@ -145,7 +190,9 @@ def test_probe_grid_has_a_baseline_column_and_one_per_run(trained, untrained, en
     assert [c["name"] for c in grid["columns"]] == [BASELINE_NAME, trained.id, untrained.id]
     for column in grid["columns"]:
         assert len(column["answers"]) == len(PROBES) and all(a.strip() for a in column["answers"])
-        assert set(column["measures"]) == {"words", "readability", "first_person"}
+        assert set(column["measures"]) == set(MEASURE_LABELS)
+        assert 0.0 <= column["measures"]["ended_on_own"] <= 1.0
+    assert grid["columns"][0]["measures"]["length_ratio"] == 1.0
     # A zero adapter answers exactly like the baseline.
     assert grid["columns"][2]["answers"] == grid["columns"][0]["answers"]
     json.dumps(grid)  # JSON-serialisable, for the web app and --json
@@ -176,10 +223,62 @@ def test_default_probes_come_from_the_presets_probes_file(trained, tmp_path):
 def test_measures_on_a_hand_checked_answer():
     # 6 words, 2 sentences (one with "I"), 7 syllables (simple = sim-ple):
     # 206.835 - 1.015 * 6/2 - 84.6 * 7/6 = 105.09
-    assert measures(["I like tea. It is simple."]) == {"words": 6.0, "readability": 105.1, "first_person": 0.5}
-    assert measures(["", "We went home."]) == {"words": 1.5, "readability": pytest.approx(119.2, abs=0.1),
-                                              "first_person": 1.0}
-    assert measures([]) == {"words": 0.0, "readability": None, "first_person": 0.0}
+    # 6 words: 3 four-grams, none repeated; 5 word pairs, all distinct.
+    assert measures(["I like tea. It is simple."]) == {"words": 6.0, "readability": 105.1, "first_person": 0.5,
+                                                       "repetition": 0.0, "distinct_2": 1.0, "ended_on_own": None}
+    assert measures(["", "We went home."], [True, False]) == {
+        "words": 1.5, "readability": pytest.approx(119.2, abs=0.1), "first_person": 1.0,
+        "repetition": None, "distinct_2": 1.0, "ended_on_own": 0.5}  # no answer reaches 4 words
+    assert measures([]) == {"words": 0.0, "readability": None, "first_person": 0.0, "repetition": None,
+                            "distinct_2": None, "ended_on_own": None}
+
+
+LOOPING = "The cat sat on the mat. " * 10  # 60 words, 57 four-grams; only the first 6 are new
+CLEAN = "I'd start small. Pick one dish you like and cook it twice this week."
+CUT = "Start with eggs, then rice, then a soup, and after that you can try"
+
+
+def test_repetition_and_distinct_2_on_known_texts():
+    assert repeated_ngram_share(LOOPING) == pytest.approx(51 / 57)
+    assert repeated_ngram_share(CLEAN) == 0.0
+    assert repeated_ngram_share("THE cat sat on the cat sat on") == pytest.approx(1 / 5)  # case does not hide a repeat
+    assert repeated_ngram_share("Too short.") is None
+    assert distinct_n([LOOPING]) == pytest.approx(6 / 59)  # 6 distinct word pairs among 59
+    assert distinct_n([CLEAN, CLEAN]) == pytest.approx(0.5)  # the same answer twice: every pair seen twice
+    assert distinct_n(["a b", "b a"]) == 1.0 and distinct_n(["one"]) is None
+
+
+def test_measures_of_a_looping_a_clean_and_a_cut_answer():
+    m = measures([LOOPING, CLEAN, CUT], finished=[False, True, False])
+    assert m["repetition"] == pytest.approx((51 / 57) / 3, abs=1e-3)  # the mean over the three answers
+    assert m["ended_on_own"] == pytest.approx(1 / 3, abs=1e-3)  # only the clean one ended on its own
+    assert m["words"] == pytest.approx((60 + 14 + 14) / 3, abs=0.1)
+    clean = measures([CLEAN, CUT], finished=[True, True])
+    assert clean["repetition"] == 0.0 and clean["ended_on_own"] == 1.0 and clean["distinct_2"] > m["distinct_2"]
+
+
+def _result(**changes):
+    base = {"baseline_accuracy": 0.5, "tuned_accuracy": 0.9, "repetition": 0.02, "baseline_repetition": 0.02,
+            "mean_words": 100.0, "baseline_mean_words": 100.0, "length_ratio": 1.0, "ended_on_own": 1.0,
+            "baseline_ended_on_own": 1.0}
+    return {**base, **changes}
+
+
+def test_damage_is_flagged_only_when_accuracy_rose_and_the_answers_moved_far():
+    assert damage_warnings(_result()) == []
+    looping = damage_warnings(_result(repetition=0.02 + REPETITION_RISE + 0.01))
+    assert len(looping) == 1 and "repeat" in looping[0] and "0.50 -> 0.90" in looping[0]
+    assert damage_warnings(_result(repetition=0.02 + REPETITION_RISE - 0.01)) == []
+    low, high = LENGTH_RATIO_BAND
+    longer = damage_warnings(_result(length_ratio=high + 0.2, mean_words=150.0, ended_on_own=0.5))
+    assert len(longer) == 1 and "longer" in longer[0] and "token limit" in longer[0]
+    assert "shorter" in damage_warnings(_result(length_ratio=low - 0.1))[0]
+    assert damage_warnings(_result(length_ratio=high)) == [] and damage_warnings(_result(length_ratio=low)) == []
+    both = damage_warnings(_result(repetition=0.5, length_ratio=2.0))
+    assert len(both) == 2
+    # Accuracy that did not rise: no warning, however the answers changed (the accuracy already says it failed).
+    assert damage_warnings(_result(tuned_accuracy=0.5, repetition=0.5, length_ratio=2.0)) == []
+    assert damage_warnings(_result(repetition=None, length_ratio=None, baseline_repetition=None)) == []
 
 
 def test_formal_padded_prose_reads_harder_than_plain_prose():
@@ -205,9 +304,10 @@ def test_grid_exports_to_csv_with_a_row_per_prompt_then_the_measures():
     assert rows[0] == ["prompt", BASELINE_NAME, "run-1"]
     assert rows[1] == ["Say hi", "Hello there.", "Hi, I'm here."]
     assert rows[2] == ["Two | lines?", "One\nTwo", 'A "quoted" | pipe']  # quoting keeps newlines and quotes intact
-    assert [r[0] for r in rows[3:]] == ["[mean words]", "[readability (Flesch reading ease)]",
-                                        "[first-person sentences (share)]"]
-    assert rows[3][1:] == ["2", "3.5"] and rows[4][1:] == ["80.5", ""]
+    assert [r[0] for r in rows[3:]] == [f"[{label}]" for label in MEASURE_LABELS.values()]
+    assert rows[3][0] == "[mean words]" and rows[3][1:] == ["2", "3.5"]
+    readability = 3 + list(MEASURE_LABELS).index("readability")
+    assert rows[readability][1:] == ["80.5", ""]
 
 
 def test_grid_exports_to_a_markdown_table():
@@ -215,4 +315,6 @@ def test_grid_exports_to_a_markdown_table():
     assert lines[0] == f"| prompt | {BASELINE_NAME} | run-1 |"
     assert lines[1] == "| --- | --- | --- |"
     assert lines[3] == "| Two \\| lines? | One<br>Two | A \"quoted\" \\| pipe |"
-    assert len(lines) == 2 + 2 + 3 and lines[-1].startswith("| **first-person sentences (share)** | 0 | 0.5 |")
+    assert len(lines) == 2 + 2 + len(MEASURE_LABELS)
+    first_person = 4 + list(MEASURE_LABELS).index("first_person")
+    assert lines[first_person].startswith("| **first-person sentences (share)** | 0 | 0.5 |")
