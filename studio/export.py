@@ -211,12 +211,19 @@ def _merged(run: Run, progress: Progress, should_stop: ShouldStop):
 
     from .models import load_base
 
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+
     raw = run.read_config_raw()
     notes = []
     if progress:
         progress("loading the base model", 0, None)
-    # fp32 on the CPU: the merge W + (alpha/r)·BA is exact there, and no GPU or 4-bit kernels are needed.
-    model, tokenizer = load_base(raw.get("model", "embedded"), device="cpu", dtype=torch.float32)
+    # On the CPU, unquantized, in the checkpoint's own dtype: a 16-bit base stays 16-bit (half the memory of
+    # fp32; PEFT computes the update BA in fp32 before adding it), a fp32 one (the embedded model) stays fp32.
+    stored = getattr(AutoConfig.from_pretrained(resolve_model(raw.get("model", "embedded"))), "dtype", None)
+    dtype = stored if stored in (torch.bfloat16, torch.float16) else torch.float32
+    model, tokenizer = load_base(raw.get("model", "embedded"), device="cpu", dtype=dtype)
     if should_stop and should_stop():
         return None
     if progress:
@@ -240,9 +247,9 @@ def _write_merged(run: Run, out: Path, quant: str, progress: Progress, should_st
     if merged is None or (should_stop and should_stop()):
         return None
     model, tokenizer, notes = merged
-    source = getattr(model.config, "dtype", None)
-    # 16-bit as the issue asks: keep a bf16/fp16 base's own type; a fp32 base (the embedded model) becomes fp16,
-    # whose 11-bit mantissa keeps closer to the fp32 weights than bf16 would.
+    source = next(model.parameters()).dtype
+    # 16-bit: a bf16/fp16 base keeps its type; a fp32 base (the embedded model) becomes fp16, whose
+    # 11-bit mantissa stays closer to the fp32 weights than bf16's 8 bits would.
     dtype = source if source in (torch.bfloat16, torch.float16) else torch.float16
     if progress:
         progress("saving safetensors", 0, None)

