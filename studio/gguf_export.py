@@ -87,7 +87,6 @@ def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, quant: str, pr
                should_stop: Callable[[], bool] | None = None) -> dict | None:
     """Write `model` (a merged LlamaForCausalLM) to `path`. Returns a summary, or None when stopped."""
     import gguf
-    import numpy as np
     import torch
 
     if quant not in QUANTS:

@@ -172,7 +172,8 @@ def _offline_reason() -> str | None:
     """Why the hub cannot be reached from here, found in a few seconds at most; None when it can."""
     from huggingface_hub import constants
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") or constants.HF_HUB_OFFLINE:
+    flag = os.environ.get("HF_HUB_OFFLINE")  # read now; huggingface_hub read it once, at import
+    if (flag.lower() in ("1", "true", "yes", "on")) if flag is not None else constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     url = urlparse(endpoint)

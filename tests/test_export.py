@@ -399,6 +399,7 @@ def test_push_offline_fails_at_once_without_leaking_the_token(exported, module_h
     err = capsys.readouterr().err
     assert "cannot push" in err.lower() and TOKEN not in err
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # read at import, maybe while set
     with socket.socket() as s:  # a port nobody listens on: the hub "unreachable"
         s.bind(("127.0.0.1", 0))
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
@@ -435,6 +436,7 @@ def test_a_hub_error_reaches_the_user_without_the_token(exported, module_home, m
     run = Run(Path(shutil.copytree(original.path, original.path.with_name(original.id + "-push"))))
     (run.path / "exports.json").unlink()  # no earlier export: the push writes one first
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     try:
