@@ -126,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.add_argument("--json", action="store_true", help="print one JSON object at the end")
     sweep.set_defaults(func=cmd_sweep)
+
+    export = sub.add_parser("export", help="write a run's adapter, merged model or GGUF file to a folder")
+    export.add_argument("run", help="run id or run folder")
+    export.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"),
+                        help="adapter: PEFT folder; merged: 16-bit transformers model; gguf: llama.cpp/Ollama file")
+    export.add_argument("--quant", default="f16", choices=("f16", "q8_0"), help="GGUF tensor type (default f16)")
+    export.add_argument("--out", help="the export folder: new, empty, or an earlier export "
+                                      "(default STUDIO_HOME/exports/<run-id>/<format>[-<quant>])")
+    export.add_argument("--json", action="store_true", help="print the export record as one JSON object")
+    export.set_defaults(func=cmd_export)
+
+    push = sub.add_parser("push", help="upload a run's adapter or merged model to the Hugging Face Hub (token: HF_TOKEN)")
+    push.add_argument("run", help="run id or run folder")
+    push.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repo to create or update")
+    push.add_argument("--what", default="adapter", choices=("adapter", "merged"), help="what to upload (default adapter)")
+    push.add_argument("--public", action="store_true", help="make a new repo public (default private)")
+    push.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    push.set_defaults(func=cmd_push)
     return p
 
 
@@ -457,6 +475,57 @@ def _follow_sweep(sweep, total: int, quiet: bool) -> None:
             said_eval = True
             print("evaluating every run on its held-out pairs…", file=sys.stderr)
         time.sleep(0.2)
+
+
+def _phase_printer():
+    """A progress callback that prints each new phase once, to stderr."""
+    seen = set()
+
+    def show(phase: str, done: int, total: int | None) -> None:
+        if phase not in seen and phase != "done":
+            seen.add(phase)
+            print(f"{phase}…", file=sys.stderr)
+
+    return show
+
+
+def cmd_export(args) -> int:
+    from .errors import StudioError
+    from .export import export_run
+    from .runs import get_run
+
+    try:
+        record = export_run(get_run(args.run), args.format, out_dir=args.out, quant=args.quant,
+                            progress=_phase_printer())
+    except StudioError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    kind = f"{record['format']} ({record['quant']})" if record.get("quant") else record["format"]
+    print(f"exported {kind}: {record['path']} ({record['bytes'] / 2**20:.1f} MiB in {record['seconds']:.1f}s)")
+    for f in record["files"]:
+        print(f"  {f['name']:<40} {f['bytes'] / 2**20:>9.1f} MiB")
+    for note in record.get("notes") or []:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .errors import StudioError
+    from .hub import push_to_hub
+    from .runs import get_run
+
+    try:
+        result = push_to_hub(get_run(args.run), args.repo, what=args.what, private=not args.public,
+                             progress=_phase_printer())
+    except StudioError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"pushed {args.what} of {result.get('source')} to {result['path']}")
+    return 0
 
 
 # --- text output ------------------------------------------------------------------------------
