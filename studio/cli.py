@@ -144,6 +144,47 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--public", action="store_true", help="make a new repo public (default private)")
     push.add_argument("--json", action="store_true", help="print the result as one JSON object")
     push.set_defaults(func=cmd_push)
+
+    gen = sub.add_parser("generate", help="sample K answers per prompt from a model into a pool to label")
+    gen.add_argument("--model", default="embedded", help="embedded, a model folder / hub id, or a run id (its adapter)")
+    gen.add_argument("--prompts", required=True,
+                     help="a text file (one prompt a line), a preference data file (its prompts) or preset:NAME")
+    gen.add_argument("--k", type=int, default=2, help="answers per prompt, 2 to 4 (default 2)")
+    gen.add_argument("--out", help="the pool folder (default STUDIO_HOME/pools/<id>)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, above 0 (default 0.8)")
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=16, help="rows per generate call (prompts x k)")
+    gen.add_argument("--json", action="store_true", help="print pool.json")
+    gen.set_defaults(func=cmd_generate)
+
+    lab = sub.add_parser("label", help="label a pool's pairs with a rubric or a judge model; writes its preference file")
+    lab.add_argument("pool", help="pool id under STUDIO_HOME/pools or a pool folder")
+    how = lab.add_mutually_exclusive_group(required=True)
+    how.add_argument("--rubric", help="a rubric YAML file (typed rules)")
+    how.add_argument("--judge", help="a judge model: embedded, a model folder or a hub id (judged in both orders)")
+    lab.add_argument("--template", help="a text file with the judge's pairwise prompt ({prompt}, {a}, {b})")
+    lab.add_argument("--json", action="store_true", help="print one JSON object")
+    lab.set_defaults(func=cmd_label)
+
+    win = sub.add_parser("winrate", help="win rate of MODEL_A over MODEL_B on held-out prompts (rubric or judge)")
+    win.add_argument("models", nargs="*", metavar="MODEL",
+                     help="MODEL_A MODEL_B: run ids, embedded / a model folder, or baseline (the other's SFT base)")
+    win.add_argument("--prompts", help="held-out prompts, one a line (or a data file, or preset:NAME)")
+    how = win.add_mutually_exclusive_group()
+    how.add_argument("--rubric", help="a rubric YAML file")
+    how.add_argument("--judge", help="a judge model (both orders)")
+    how.add_argument("--human", action="store_true", help="only make the pool: label it blind in the Label tab")
+    win.add_argument("--template", help="the judge's pairwise prompt file ({prompt}, {a}, {b})")
+    win.add_argument("--pool", help="measure an existing win-rate pool instead of generating one")
+    win.add_argument("--labeller", help="with --pool: whose decisions count (e.g. human:alice)")
+    win.add_argument("--max-new-tokens", type=int, default=128)
+    win.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    win.add_argument("--seed", type=int, default=0)
+    win.add_argument("--out", help="the pool folder (default STUDIO_HOME/pools/<id>)")
+    win.add_argument("--json", action="store_true", help="print one JSON object")
+    win.set_defaults(func=cmd_winrate)
     return p
 
 
@@ -572,3 +613,126 @@ def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | Non
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text(grid), encoding="utf-8")
             print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_generate(args) -> int:
+    from .chat import GenerationSettings
+    from .errors import StudioError
+    from .generate import generate_pool, load_prompts
+    from .progress import TerminalProgress
+
+    try:
+        convs, source = load_prompts(args.prompts)
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_p=args.top_p, seed=args.seed)
+        bar = TerminalProgress("generating", "prompt")
+        pool = generate_pool(args.model, None, convs, k=args.k, settings=settings, progress=bar, out=args.out,
+                             batch_size=args.batch_size, prompts_source=source)
+        bar.close()
+    except StudioError as e:
+        raise UserError(str(e)) from None
+    info = pool.info()
+    if args.json:
+        print(json.dumps({**info, "folder": str(pool.path)}, indent=2))
+    else:
+        print(f"pool {pool.id}: {info['done']} prompts x {info['k']} answers, {len(pool.pairs())} pairs to label "
+              f"({info['state']})\nfolder: {pool.path}")
+    return 130 if info["state"] == "stopped" else 0
+
+
+def cmd_label(args) -> int:
+    from pathlib import Path
+
+    from .errors import StudioError
+    from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, judge_pool, label_with_rubric, load_rubric
+    from .models import is_embedded
+    from .pools import get_pool, to_preferences
+    from .progress import TerminalProgress
+
+    try:
+        pool = get_pool(args.pool)
+        if args.rubric:
+            rubric = load_rubric(args.rubric)
+            counts = label_with_rubric(pool, rubric)
+        else:
+            if is_embedded(args.judge):
+                print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
+            template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
+            bar = TerminalProgress("judging", "pair")
+            counts = judge_pool(pool, Judge(args.judge, template), progress=bar)
+            bar.close()
+        labeller = counts["labeller"]
+        result = {"pool": pool.id, **counts}
+        if pool.info().get("kind") == "winrate":
+            from .winrate import describe, measure
+
+            result["winrate"] = measure(pool, labeller)
+            text = describe(result["winrate"])
+        else:
+            try:
+                path, rows = to_preferences(pool, labeller)
+                result.update(preferences=str(path), preference_rows=rows)
+                text = f"preference file: {path} ({rows} pairs)"
+            except StudioError as e:  # every pair a tie: nothing to train on, but the labels are saved
+                text = str(e)
+    except StudioError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{labeller}: {counts.get('win', 0)} pairs with a winner, {counts.get('tie', 0)} ties"
+              + (f", {counts['both_bad']} both bad" if counts.get("both_bad") else ""))
+        print(text)
+    return 0
+
+
+def cmd_winrate(args) -> int:
+    from pathlib import Path
+
+    from .chat import GenerationSettings
+    from .errors import StudioError
+    from .generate import load_prompts
+    from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, judge_pool, label_with_rubric, load_rubric
+    from .models import is_embedded
+    from .pools import get_pool
+    from .progress import TerminalProgress
+    from .winrate import comparison_pool, describe, measure
+
+    try:
+        if args.pool:
+            pool = get_pool(args.pool)
+        else:
+            if len(args.models) != 2 or not args.prompts:
+                raise UserError("give MODEL_A MODEL_B and --prompts FILE (or --pool POOL to measure an existing pool)")
+            if not (args.rubric or args.judge or args.human):
+                raise UserError("say who decides: --rubric FILE, --judge MODEL or --human")
+            convs, source = load_prompts(args.prompts)
+            settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                          seed=args.seed)
+            bar = TerminalProgress("answering", "prompt")
+            pool = comparison_pool(args.models[0], args.models[1], convs, settings, progress=bar, out=args.out,
+                                   prompts_source=source)
+            bar.close()
+        labeller = args.labeller
+        if args.rubric:
+            labeller = label_with_rubric(pool, load_rubric(args.rubric))["labeller"]
+        elif args.judge:
+            if is_embedded(args.judge):
+                print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
+            template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
+            bar = TerminalProgress("judging", "pair")
+            labeller = judge_pool(pool, Judge(args.judge, template), progress=bar)["labeller"]
+            bar.close()
+        elif args.human:
+            print(f"pool {pool.id}: label it blind in the Label tab, then run "
+                  f"`python -m studio winrate --pool {pool.id} --labeller human:NAME`")
+            return 0
+        result = measure(pool, labeller)
+    except StudioError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(describe(result))
+    return 0
+

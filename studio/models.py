@@ -205,14 +205,42 @@ def load_for_training(cfg: RunConfig, hw: Hardware | None = None, backend: str |
     config's `backend` setting (auto when it has none), without knowing the run's length.
     """
     hw = hw or detect_hardware()
+    if cfg.init_adapter:  # the next round of the preference loop continues this run's adapter
+        return load_adapter_for_training(cfg, hw=hw)
     if backend is None:
         from .backends import choose_backend
 
-        backend, _ = choose_backend(getattr(cfg, "backend", "auto"), hw)
+        backend, _ = choose_backend(cfg.backend, hw)
     path = resolve_model(cfg.model)
     if backend == "unsloth":
         return _load_unsloth(cfg, path, hw)
     return _load_transformers(cfg, path, hw)
+
+
+def load_adapter_for_training(cfg: RunConfig, adapter_dir: str | Path | None = None, hw: Hardware | None = None) -> Loaded:
+    """Base model with an existing adapter loaded as trainable, to continue a previous round.
+
+    The adapter's own shape (r, alpha, target modules in its adapter_config.json) is kept; the
+    config's lora_* settings do not apply. Handed to DPOTrainer with no peft_config, TRL copies the
+    adapter into a frozen "ref" adapter, so the reference of this round is the previous round's
+    model (iterative DPO), not the SFT base. Always transformers + PEFT (Unsloth is not used here).
+    """
+    from peft import PeftModel
+
+    hw = hw or detect_hardware()
+    adapter_dir = Path(adapter_dir or getattr(cfg, "init_adapter", "") or "")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"No adapter to continue from at {adapter_dir} (it holds no adapter_config.json); "
+                         "pick a finished run of the previous round.")
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+    path = resolve_model(cfg.model)
+    if base and Path(base).name != Path(path).name and base != cfg.model:
+        raise ModelError(f"The adapter at {adapter_dir} was trained on {base}, not on {cfg.model}; "
+                         "continue it on the model it was trained on.")
+    loaded = _load_transformers(cfg, path, hw)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), adapter_name="default", is_trainable=True)
+    backend = {**loaded.backend, "init_adapter": str(adapter_dir)}
+    return Loaded(model, loaded.tokenizer, None, backend)
 
 
 def _lora_config(cfg: RunConfig):

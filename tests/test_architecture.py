@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from studio.config import RunConfig, fields_of, setting, sweepable
+from studio.config import RunConfig, fields_of, resolve_for_hardware, setting, sweepable
 from studio.training import dpo_config
 
 STUDIO = Path(__file__).resolve().parent.parent / "studio"
@@ -18,8 +18,8 @@ def test_a_new_trl_setting_is_one_line_and_reaches_the_form_and_dpo_config(tmp_p
     extended = dataclasses.make_dataclass("Extended", [
         ("use_weighting", bool, setting(False, "WPO weighting of pairs", "DPO", "WPO weighting", trl=True)),
     ], bases=(RunConfig,))
-    cfg = extended(use_weighting=True, bf16=False, gradient_checkpointing=False)
-    assert dpo_config(cfg, tmp_path, has_eval=False).use_weighting is True
+    cfg = extended(use_weighting=True)
+    assert dpo_config(resolve_for_hardware(cfg), tmp_path, has_eval=False).use_weighting is True
 
     from studio.ui.form import build_settings, config_from_widgets, widget_value
 

@@ -1,0 +1,244 @@
+"""Label tab: a pool's pairs shown blind, one at a time; each click is written to the pool before the next pair shows.
+
+A person picks a pool and types a name (kept in the browser), then answers "A is better", "B is better",
+"tie", "both bad" or skips, by button or key (1 / 2 / 3 / 0 / s, z to undo). The A/B order is the
+pair's stored order and no model name is shown. Nothing lives in the page: the next pair and the
+counter are read from the pool's labels.jsonl, so a reload or a second browser resumes where it stopped.
+A rubric can label the whole pool at once (instant, each decision with its reason), and the decisions
+become a preference file (pools/<id>/preferences.jsonl) that `data check` and training read as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio.errors import user_message
+from studio.label import CHOICES, label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
+from studio.pools import get_pool, human, list_pools, to_preferences
+
+RUBRIC_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "presets" / "data" / "self-improve.rubric.yaml"
+ALL = "(everyone)"
+BUTTONS = {  # choice -> (label, elem_id, key)
+    "A": ("A is better", "label-btn-a", "1"),
+    "B": ("B is better", "label-btn-b", "2"),
+    "tie": ("Tie", "label-btn-tie", "3"),
+    "both_bad": ("Both bad", "label-btn-bad", "0"),
+    "skip": ("Skip", "label-btn-skip", "s"),
+}
+UNDO = ("Undo", "label-btn-undo", "z")
+# Installed once per page: a key clicks its button while the Label tab shows (the button is laid out) and the
+# focus is not in a text field, so typing a name never labels anything.
+KEYS_JS = """
+if (!window.__dsLabelKeys) {
+  window.__dsLabelKeys = true;
+  const map = %s;
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
+    const id = map[e.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (!button || button.offsetParent === null || button.disabled) return;
+    e.preventDefault();
+    button.click();
+  });
+}
+""" % {key: elem_id for _, elem_id, key in [*BUTTONS.values(), UNDO]}
+ANSWER_CSS = """
+#label-a, #label-b { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px;
+  min-height: 120px; max-height: 420px; overflow: auto; }
+#label-prompt { font-weight: 600; }
+"""
+
+
+def pool_choices() -> list[tuple[str, str]]:
+    choices = []
+    for pool in list_pools():
+        s = pool.summary()
+        choices.append((f"{pool.id} · {s['kind']} · {s['pairs']} pairs · {s['state']}", pool.id))
+    return choices
+
+
+def _quote(text: str) -> str:
+    # Answers are model output: shown as text, never as markup the model happened to write.
+    return html.escape(text or "").replace("\n", "  \n") or "*(empty answer)*"
+
+
+class LabelTab:
+    def __init__(self):
+        with gr.Tab("Label", id="label") as self.tab:
+            gr.Markdown("Pick a pool and label its pairs **blind**: which model wrote which answer is never shown, "
+                        "and the A/B order is random (the same for everyone). Every click is saved at once.",
+                        elem_classes="ds-caption")
+            with gr.Row(equal_height=True):
+                choices = pool_choices()
+                self.pool = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pool", scale=4,
+                                        elem_id="label-pool")
+                self.name = gr.Textbox(label="Your name", placeholder="recorded with each decision", scale=2,
+                                       elem_id="label-name")
+                self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
+            self.remember = gr.BrowserState({"name": "", "pool": None}, storage_key="ds-label")
+            self.pair = gr.State(None)
+            self.progress = gr.Markdown(elem_id="label-progress")
+            self.prompt = gr.Markdown(elem_id="label-prompt")
+            with gr.Row(equal_height=True):
+                with gr.Column():
+                    gr.Markdown("**A**")
+                    self.a = gr.Markdown(elem_id="label-a")
+                with gr.Column():
+                    gr.Markdown("**B**")
+                    self.b = gr.Markdown(elem_id="label-b")
+            with gr.Row():
+                self.buttons = {choice: gr.Button(f"{label}  [{key}]", elem_id=elem_id,
+                                                  variant="primary" if choice in ("A", "B") else "secondary")
+                                for choice, (label, elem_id, key) in BUTTONS.items()}
+                self.undo_btn = gr.Button(f"{UNDO[0]}  [{UNDO[2]}]", elem_id=UNDO[1])
+            gr.HTML("Keys: <b>1</b> A is better · <b>2</b> B is better · <b>3</b> tie · <b>0</b> both bad · "
+                    "<b>s</b> skip · <b>z</b> undo", js_on_load=KEYS_JS, css_template=ANSWER_CSS,
+                    elem_classes="ds-muted", elem_id="label-keys")
+            with gr.Accordion("Label the whole pool with a rubric", open=False):
+                gr.Markdown("Rules applied in order: the first rule that tells the two answers apart decides, and "
+                            "each decision shows the rule and the numbers it saw. Rule types: `shorter`, `longer`, "
+                            "`first_person`, `readability` (with `min_difference`), `must_match`, `must_not_match` "
+                            "(with `pattern`).", elem_classes="ds-caption")
+                self.rubric = gr.Code(RUBRIC_EXAMPLE.read_text(encoding="utf-8") if RUBRIC_EXAMPLE.is_file() else "",
+                                      language="yaml", label="Rubric (YAML)", elem_id="label-rubric")
+                self.apply_btn = gr.Button("Apply the rubric to this pool", elem_id="label-apply-rubric")
+                self.decisions = gr.Dataframe(interactive=False, wrap=True, max_height=400, elem_id="label-decisions",
+                                              label="Rubric decisions")
+            with gr.Row(equal_height=True):
+                self.labeller = gr.Dropdown([ALL], value=ALL, label="Decisions of", scale=3, elem_id="label-labeller")
+                self.export_btn = gr.Button("Write the preference file", scale=1, elem_id="label-export")
+            self.export_status = gr.Markdown(elem_id="label-export-status")
+        self._wire()
+
+    @property
+    def view_outputs(self) -> list:
+        return [self.progress, self.prompt, self.a, self.b, self.pair, self.labeller]
+
+    def _wire(self) -> None:
+        inputs = [self.pool, self.name]
+        gr.on([self.tab.select, self.refresh_btn.click], self.restore, inputs=[self.pool, self.name, self.remember],
+              outputs=[self.pool, self.name, *self.view_outputs], api_name="label_view", concurrency_limit=None,
+              show_progress="hidden")
+        gr.on([self.pool.input, self.name.submit, self.name.blur], self.show, inputs=inputs,
+              outputs=self.view_outputs, api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        gr.on([self.pool.change, self.name.change], lambda pool, name: {"name": name or "", "pool": pool},
+              inputs=inputs, outputs=self.remember, api_visibility="private", show_progress="hidden",
+              queue=False)
+        for choice, button in self.buttons.items():
+            button.click(functools.partial(self.choose, choice), inputs=[*inputs, self.pair],
+                         outputs=self.view_outputs, api_name=f"label_{choice.lower()}", show_progress="hidden",
+                         concurrency_limit=None)
+        self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="label_undo",
+                            show_progress="hidden", concurrency_limit=None)
+        self.apply_btn.click(self.apply_rubric, inputs=[*inputs, self.rubric], outputs=[self.decisions, *self.view_outputs],
+                             api_name="label_rubric")
+        self.export_btn.click(self.export, inputs=[self.pool, self.labeller], outputs=self.export_status,
+                              api_name="label_export")
+
+    # --- handlers ---
+    def restore(self, pool_id: str | None, name: str | None, remembered: dict | None):
+        """Refresh the pool list and show the next pair; a fresh page takes its name and pool from the browser."""
+        remembered = remembered or {}
+        name = name or remembered.get("name") or ""
+        ids = [value for _, value in pool_choices()]
+        wanted = pool_id or remembered.get("pool")
+        pool_id = wanted if wanted in ids else (ids[0] if ids else None)
+        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name, *self.show(pool_id, name))
+
+    def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
+        """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
+        if not pool_id:
+            return ("No pool yet: generate one (`python -m studio generate`) or from the Generate action.",
+                    "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
+        try:
+            pool = get_pool(pool_id)
+        except FileNotFoundError as e:
+            return (str(e), "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
+        who = human(name)
+        view = pair_view(pool, pair_id) if pair_id else next_pair(pool, who)
+        p = pool.progress(who)
+        counter = (f"**{p['labelled']} of {p['total']}** pairs labelled by `{who}`"
+                   + (f" · {p['skipped']} skipped" if p["skipped"] else "")
+                   + ("" if name else " · type your name to label as yourself"))
+        labellers = gr.Dropdown(choices=[ALL, *pool.labellers()])
+        if view is None:
+            done = "All pairs labelled." if p["total"] else "This pool has no pairs yet."
+            return counter, f"{done} Write the preference file below.", "", "", None, labellers
+        return counter, _quote(view["prompt"]), _quote(view["a"]), _quote(view["b"]), view["pair"], labellers
+
+    def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
+        if pool_id and pair_id:
+            try:
+                label_human(pool_id, pair_id, choice, human(name))
+            except Exception as e:  # noqa: BLE001 - a deleted pool: say so, keep the page alive
+                gr.Warning(user_message(e) or f"Not saved: {e}")
+        return self.show(pool_id, name)
+
+    def undo(self, pool_id: str | None, name: str | None):
+        if not pool_id:
+            return self.show(pool_id, name)
+        pair_id = undo_human(pool_id, human(name))
+        if pair_id is None:
+            gr.Info("Nothing to undo.")
+        return self.show(pool_id, name, pair_id)
+
+    def apply_rubric(self, pool_id: str | None, name: str | None, text: str):
+        if not pool_id:
+            gr.Warning("Pick a pool first.")
+            return (gr.skip(), *self.show(pool_id, name))
+        try:
+            pool = get_pool(pool_id)
+            rubric = load_rubric(text)
+            counts = label_with_rubric(pool, rubric)
+        except Exception as e:  # noqa: BLE001
+            message = user_message(e)
+            if message is None:
+                raise
+            gr.Warning(message)
+            return (gr.skip(), *self.show(pool_id, name))
+        gr.Info(f"{rubric.labeller}: {counts['win']} with a winner, {counts['tie']} ties, "
+                f"{counts['both_bad']} both bad.")
+        return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name))
+
+    def export(self, pool_id: str | None, labeller: str | None):
+        if not pool_id:
+            return "Pick a pool first."
+        try:
+            path, rows = to_preferences(pool_id, None if labeller in (None, ALL) else labeller)
+        except Exception as e:  # noqa: BLE001
+            message = user_message(e)
+            if message is None:
+                raise
+            return f"⚠️ {message}"
+        return (f"Wrote **{rows}** pairs to `{path}`: train on it from the Train tab, or check it with "
+                f"`python -m studio data check {path}`.")
+
+
+def decisions_frame(pool, labeller: str) -> pd.DataFrame:
+    """One row per pair: the prompt, both answers (shortened), the verdict and the rule's reason."""
+    candidates = pool.candidates()
+    decided = pool.decisions(labeller)
+    rows = []
+    for pair in pool.pairs():
+        d = decided.get((pair.id, labeller))
+        if d is None:
+            continue
+        c = candidates[pair.candidate]
+        verdict = f"answer {d.winner + 1}" if d.outcome == "win" else d.outcome.replace("_", " ")
+        rows.append([c["prompt"], _short(c["answers"][pair.first]["text"]), _short(c["answers"][pair.second]["text"]),
+                     verdict, d.reason])
+    return pd.DataFrame(rows, columns=["prompt", "answer 1", "answer 2", "verdict", "reason"])
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
+
+
+__all__ = ["LabelTab", "CHOICES"]
