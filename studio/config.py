@@ -181,8 +181,8 @@ class RunConfig:
         for f in dataclasses.fields(self):  # values from code, YAML, --set or a form all arrive typed
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), type(self)))
         problems = list(_problems(self))
-        if problems:
-            raise ConfigError("Invalid run configuration:\n  - " + "\n  - ".join(problems))
+        if problems:  # one line, so the CLI's "error: …" and the web app's warning say it whole
+            raise ConfigError(("Invalid setting: " if len(problems) == 1 else "Invalid settings: ") + "; ".join(problems))
 
     # --- conversions ---
     @classmethod

@@ -301,6 +301,10 @@ class _Recorder(TrainerCallback):
         if not logs:
             return
         job, now = self.job, time.time()
+        if not job.run.path.is_dir():
+            job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained "
+                                    f"(at step {state.global_step}); nothing more can be saved."), control)
+            return
         if job.first_log_at is None:
             job.first_log_at = now
         bad = {k: v for k, v in logs.items() if k in ("loss", "grad_norm", "eval_loss")

@@ -10,7 +10,9 @@ import gradio as gr
 import pandas as pd
 
 from studio.access import require_user
-from studio.export import zip_adapter
+from studio import jobs
+from studio.export import export_run, list_exports, zip_adapter
+from studio.hub import push_to_hub
 from studio.runs import delete_run, get_run, list_runs
 
 from .common import duration, number, overlay, user_errors, user_message, when
@@ -36,6 +38,21 @@ def runs_frame() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS.values()))
 
 
+def exports_frame(run_id: str | None) -> pd.DataFrame:
+    """What was exported from a run, where, and its size (from the run's exports.json)."""
+    columns = ["format", "where", "size", "seconds", "created"]
+    if not run_id:
+        return pd.DataFrame([], columns=columns)
+    try:
+        records = list_exports(get_run(run_id))
+    except FileNotFoundError:
+        records = []
+    rows = [[r.get("format", "") + (f" {r['quant']}" if r.get("quant") and r.get("format") == "gguf" else ""),
+             r.get("url") or r.get("path"), f"{(r.get('bytes') or 0) / 2**20:.1f} MiB" if r.get("bytes") else "",
+             r.get("seconds"), when(r.get("created"), "%m-%d %H:%M")] for r in records]
+    return pd.DataFrame(rows, columns=columns)
+
+
 class RunsTab:
     def __init__(self):
         with gr.Tab("Runs", id="runs") as self.tab:
@@ -56,6 +73,24 @@ class RunsTab:
                 with gr.Row():
                     self.confirm_btn = gr.Button("Yes, delete it", variant="stop", elem_id="runs-delete-confirm")
                     self.cancel_btn = gr.Button("Cancel")
+            with gr.Accordion("Export the selected run", open=False, elem_id="runs-export-box"):
+                gr.Markdown("**adapter**: the PEFT folder · **merged**: the adapter merged into 16-bit weights, "
+                            "loadable with transformers alone · **gguf**: one file for llama.cpp and Ollama, with a "
+                            "Modelfile. Exports run on the job slot (not beside a training) and land under "
+                            "STUDIO_HOME/exports/.", elem_classes="ds-caption")
+                with gr.Row(equal_height=True):
+                    self.export_format = gr.Radio(["adapter", "merged", "gguf"], value="merged", label="Format",
+                                                  elem_id="runs-export-format")
+                    self.export_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type",
+                                                 elem_id="runs-export-quant")
+                    self.export_btn = gr.Button("Export", variant="primary", elem_id="runs-export")
+                with gr.Row(equal_height=True):
+                    self.push_repo = gr.Textbox(label="Hub repo (owner/name)", elem_id="runs-push-repo", scale=2)
+                    self.push_token = gr.Textbox(label="Hub token (or HF_TOKEN on the server)", type="password",
+                                                 elem_id="runs-push-token", scale=2)
+                    self.push_btn = gr.Button("Push to the Hub", elem_id="runs-push", scale=1)
+                self.exports = gr.Dataframe(exports_frame(ids[0] if ids else None), interactive=False,
+                                            label="Exports of this run", elem_id="runs-exports")
             gr.Markdown("#### Compare runs")
             self.compare = gr.Dropdown(ids, value=ids[:1], multiselect=True, label="Runs to overlay",
                                        elem_id="runs-compare")
@@ -79,6 +114,12 @@ class RunsTab:
         self.delete_btn.click(self.ask_delete, inputs=self.selected, outputs=[self.confirm_box, self.confirm_text],
                               api_visibility="private")
         self.cancel_btn.click(lambda: gr.Group(visible=False), outputs=self.confirm_box, api_visibility="private")
+        self.selected.change(exports_frame, inputs=self.selected, outputs=self.exports, api_name="run_exports",
+                             show_progress="hidden", concurrency_limit=None)
+        self.export_btn.click(self.export, inputs=[self.selected, self.export_format, self.export_quant],
+                              outputs=self.exports, api_name="export_run", concurrency_limit=1, concurrency_id="export")
+        self.push_btn.click(self.push, inputs=[self.selected, self.push_repo, self.push_token], outputs=self.exports,
+                            api_name="push_run", concurrency_limit=1, concurrency_id="export")
         self.confirm_btn.click(self.delete, inputs=[self.selected, self.compare],
                                outputs=[self.confirm_box, *self.refresh_outputs], api_name="delete_run")
 
@@ -92,6 +133,33 @@ class RunsTab:
         kept = [run_id for run_id in (compare or []) if run_id in ids] or ids[:1]
         return (runs_frame(), gr.Dropdown(choices=ids, value=selected if selected in ids else (ids[0] if ids else None)),
                 gr.Dropdown(choices=ids, value=kept), *overlay(kept))
+
+    @user_errors("Cannot export")
+    def export(self, run_id: str | None, fmt: str, quant: str, progress=gr.Progress(), request: gr.Request = None):
+        require_user(request, "export runs")
+        run = get_run(run_id)
+
+        def work(job):
+            def report(phase, done=0, total=None):
+                job.report(phase, done, total)
+                progress((done, total) if total else None, desc=phase)
+            return export_run(run, fmt, quant=quant, progress=report, should_stop=job.stopping)
+
+        record = jobs.run("export", f"exporting {run.id} as {fmt}", work)
+        gr.Info(f"Exported {run.id} as {fmt}: {record['path']} ({record['bytes'] / 2**20:.1f} MiB in "
+                f"{record['seconds']:.0f} s).")
+        return exports_frame(run_id)
+
+    @user_errors("Cannot push")
+    def push(self, run_id: str | None, repo: str, token: str, progress=gr.Progress(), request: gr.Request = None):
+        require_user(request, "push to the Hub")
+        run = get_run(run_id)
+        # The token lives only in this call: never in a file, a log or a message (hub.py scrubs it from errors).
+        url = jobs.run("push", f"pushing {run.id} to {repo}",
+                       lambda job: push_to_hub(run, (repo or "").strip(), token=token or None,
+                                               progress=job.report, should_stop=job.stopping))
+        gr.Info(f"Pushed {run.id}: {url}")
+        return exports_frame(run_id)
 
     def pick_row(self, event: gr.SelectData):
         row = event.row_value or []
