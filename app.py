@@ -20,7 +20,11 @@ from pathlib import Path
 # sys.path: Unsloth's wheel installs an unrelated top-level package named `studio` into site-packages.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from studio.ui import build_app, launch_options  # noqa: E402 - after the path fix
+from studio.backends import early_import  # noqa: E402 - after the path fix
+
+early_import()  # before transformers and PEFT load, so Unsloth's patches apply (a no-op without CUDA + Unsloth)
+
+from studio.ui import build_app, launch_options  # noqa: E402 - after the early import
 
 demo = build_app()
 

@@ -169,9 +169,10 @@ class ChatEngine:
             finished[:] = done
 
     def stream_pair(self, baseline: list[dict], tuned: list[dict], adapter: str,
-                    settings: GenerationSettings | None = None) -> Iterator[tuple[str, str]]:
+                    settings: GenerationSettings | None = None,
+                    finished: list[bool] | None = None) -> Iterator[tuple[str, str]]:
         """The SFT baseline (adapter off) and the DPO model (adapter on), answering in one batch."""
-        for texts in self.stream([baseline, tuned], [None, adapter], settings):
+        for texts in self.stream([baseline, tuned], [None, adapter], settings, finished):
             yield texts[0], texts[1]
 
     def answer(self, messages: list[dict], adapter: str | None = None,

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "func", None) in (cmd_train, cmd_sweep):
+        from .backends import early_import
+
+        early_import()  # Unsloth patches transformers and PEFT only if it comes first (a no-op without it)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -281,7 +285,8 @@ def cmd_train(args) -> int:
 
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
     say("checking the data and the model…")
-    job = TrainingJob(cfg, run_dir=args.out, preset=preset.name)
+    explicit = {pair.partition("=")[0].strip() for pair in args.overrides}  # they win over fitting to the card
+    job = TrainingJob(cfg, run_dir=args.out, preset=preset.name, explicit=explicit)
     check_run(job.config)  # a bad file, model or setting: exit 2 before any run folder exists
     mark_interrupted()
     wait_for_slot(job, say=say)

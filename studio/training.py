@@ -58,7 +58,8 @@ class TrainingJob(Job):
     kind = "train"
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None, preset: str | None = None,
-                 hardware: Hardware | None = None, label: str | None = None, callbacks: list | None = None):
+                 hardware: Hardware | None = None, label: str | None = None, callbacks: list | None = None,
+                 explicit: set[str] | frozenset = frozenset()):
         super().__init__()
         self.hardware = hardware or detect_hardware()
         self.requested = config
@@ -66,6 +67,7 @@ class TrainingJob(Job):
         if not self.config.data:
             raise ConfigError("No preference data: set data to a JSONL / JSON / CSV / Parquet file or a hub dataset id.")
         self.preset = preset
+        self.explicit = set(explicit)  # sizing settings the user set (they win over fitting to the card)
         self.callbacks = list(callbacks or [])  # extra TrainerCallbacks (e.g. a fault injected by a test)
         self._label = label or preset or "run"  # the readable part of a new run id
         self._run_dir = Path(run_dir) if run_dir else None
@@ -150,7 +152,7 @@ class TrainingJob(Job):
                 self._set("stopped", "stopped before training began", finished=time.time())
                 return
             self._set("training", "training")
-            trainer.train()
+            trainer = self._train_with_oom_retry(trainer)
             if self.error:  # a non-finite loss or a vanished folder stopped the trainer
                 raise self._failure
             finished_all = self.total_steps is not None and self.step >= self.total_steps
@@ -174,6 +176,34 @@ class TrainingJob(Job):
                         pass
             self._set("failed", finished=time.time())
 
+    def _train_with_oom_retry(self, trainer):
+        """On a CUDA out-of-memory error before any step: halve the per-device batch (doubling accumulation, so
+        the recipe's effective batch stays) and try once more, saying so in the run's status and log."""
+        import torch
+
+        try:
+            trainer.train()
+            return trainer
+        except torch.OutOfMemoryError as e:
+            from .memory import halve_batch
+
+            halved = halve_batch(self.config.per_device_train_batch_size, self.config.gradient_accumulation_steps)
+            if not self.hardware.cuda or self.step > 0 or halved is None:
+                raise
+            note = (f"CUDA ran out of memory with {self.config.per_device_train_batch_size} pairs a device ({e}); "
+                    f"retrying once with {halved[0]} pairs x {halved[1]} accumulation")
+            (self.run.path / "run.log").open("a", encoding="utf-8").write(note + "\n")
+            self.config = self.config.replace(per_device_train_batch_size=halved[0],
+                                              gradient_accumulation_steps=halved[1])
+            del trainer
+            torch.cuda.empty_cache()
+            self._oom_retry = True  # keep the halved batch: no refitting to the card
+            self._set("loading", "retrying with half the batch after running out of GPU memory", note=note)
+            trainer = self._build_trainer()
+            self._set("training", "training")
+            trainer.train()
+            return trainer
+
     def _fail(self, error: StudioError, control) -> None:
         self.error, self._failure = str(error), error
         control.should_training_stop = True
@@ -185,6 +215,26 @@ class TrainingJob(Job):
         if not evals or evals[-1]["step"] != self.step:
             trainer.evaluate()
 
+    def _choose_backend_and_size(self, cfg: RunConfig, data, train_pairs: int) -> tuple[RunConfig, dict]:
+        """Unsloth or transformers+PEFT for this run, and on CUDA the per-device batch, accumulation and
+        checkpointing fitted to the free GPU memory (the recipe's effective batch kept; explicit settings win).
+        What was chosen and why is recorded in config.yaml."""
+        from .backends import choose_backend
+
+        backend, why = choose_backend(cfg.backend, self.hardware, _planned(cfg, train_pairs))
+        choice: dict = {"chosen_backend": backend, "backend_reason": why}
+        if self.hardware.cuda and not getattr(self, "_oom_retry", False):
+            from .memory import fit_run, free_gpu_gb
+
+            free = free_gpu_gb()
+            if free is not None:
+                fitted, fit = fit_run(self.requested, backend, free, data.report.to_dict().get("tokens"),
+                                      explicit=self.explicit)
+                if fit is not None:
+                    cfg = self.config = cfg.replace(**fit.settings())
+                    choice["fit"] = fit.to_dict()
+        return cfg, choice
+
     def _build_trainer(self):
         from .data import eval_source, load_run_data, to_trl
         from .models import load_for_training, load_tokenizer, resolve_model
@@ -195,8 +245,9 @@ class TrainingJob(Job):
         self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train),
                                           "eval_pairs": len(held_out), "eval_source": eval_source(cfg)})
         self._set("loading", "loading the model")
-        loaded = load_for_training(cfg, self.hardware)
-        self.run.write_config(self.config, preset=self.preset, **loaded.backend)
+        cfg, choice = self._choose_backend_and_size(cfg, data, len(train))
+        loaded = load_for_training(cfg, self.hardware, backend=choice["chosen_backend"])
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice)
         self.eval_pairs = len(held_out)
         return build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
                              output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self), *self.callbacks])
@@ -211,6 +262,13 @@ def failure_message(e: BaseException) -> str:
         return (f"Out of memory: {e}. Lower per_device_train_batch_size (raise gradient_accumulation_steps to keep "
                 "the effective batch) or max_length, or use method qlora on a GPU.")
     return f"{type(e).__name__}: {e}"
+
+
+def _planned(cfg: RunConfig, train_pairs: int) -> int:
+    from .backends import planned_steps
+
+    return planned_steps(cfg.max_steps, cfg.num_train_epochs, train_pairs,
+                         cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)
 
 
 def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):

@@ -67,8 +67,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def launched_app(module_home):
-    """(url, STUDIO_HOME) of the web app, launched once per test module on its own home and a free port."""
+def launched_app(module_home, style_pairs):
+    """(url, STUDIO_HOME) of the web app, launched once per test module on its own home and a free port.
+
+    The operator lists the tests' data folder in STUDIO_DATA_DIRS, as one would a server's data folder:
+    the web app reads no other path but its uploads and the presets' data.
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDIO_DATA_DIRS", str(style_pairs.parent))
     from studio.sweep import Sweep
     from studio.training import TrainingJob
     from studio.ui import build_app, launch_options
@@ -87,3 +93,4 @@ def launched_app(module_home):
             job.stop()
             job.wait(300)
         demo.close()
+        mp.undo()

@@ -23,6 +23,7 @@ from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab
 from .data_tab import DataTab
+from .label_tab import LabelTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
 
@@ -50,6 +51,7 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
             chat = ChatTab(services)
             runs = RunsTab()
             compare = CompareTab(services)
+            LabelTab()
         data.connect(train)
         chat.connect(train)
         runs.connect(train)

@@ -11,7 +11,9 @@ import time
 
 import gradio as gr
 
+from studio.access import require_reader
 from studio.chat import GenerationSettings
+from studio.errors import StudioError
 from studio.config import load_preset, preset_names
 from studio.evaluate import HANDBOOK_PROBE
 from studio.models import ModelError, display_name
@@ -20,6 +22,8 @@ from studio.runs import LIVE_STATES, get_run, list_runs
 from .common import Services, user_message
 
 THINKING = "…"
+CUT_MARK = "\n\n*[cut at "  # ends an answer stopped by the token limit, not by the model
+CHAT_REPETITION_PENALTY = 1.1  # mild: stops a 135M model's loops without changing a normal answer
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -63,6 +67,11 @@ def as_messages(history) -> list[dict]:
     return messages
 
 
+def for_model(messages: list[dict]) -> list[dict]:
+    """The conversation as the model should see it: the cut marks are for the reader, not for its next turn."""
+    return [{**m, "content": m["content"].split(CUT_MARK)[0]} for m in messages]
+
+
 class ChatTab:
     def __init__(self, services: Services):
         self.services = services
@@ -93,16 +102,27 @@ class ChatTab:
                     self.temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature", elem_id="chat-temperature",
                                                  info="0 = greedy: both panes differ only by the adapter")
                     self.top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="chat-top-p")
+                    self.repetition_penalty = gr.Slider(
+                        1.0, 1.5, value=CHAT_REPETITION_PENALTY, step=0.05, label="Repetition penalty",
+                        elem_id="chat-repetition-penalty",
+                        info="1.0 = off; a mild 1.1 keeps a small model from looping (the probe measures use none)")
         self._wire()
 
     def _wire(self) -> None:
         # One model, one generate at a time: a second chat waits in the queue. Its own concurrency group, so the
         # training timer and the other tabs' events keep answering during a long answer.
-        answer = gr.on([self.send_btn.click, self.input.submit], self.send,
-                       inputs=[self.input, self.run, self.baseline, self.tuned, self.max_new_tokens, self.temperature,
-                               self.top_p],
-                       outputs=[self.input, self.baseline, self.tuned, self.status], api_name="chat",
-                       concurrency_limit=1, concurrency_id="chat", show_progress="hidden")
+        # Send and the box are disabled while both panes answer, so a second message is never dropped silently.
+        busy = gr.on([self.send_btn.click, self.input.submit], lambda: (gr.Button(interactive=False),
+                                                                      gr.Textbox(interactive=False)),
+                     outputs=[self.send_btn, self.input], api_visibility="private", show_progress="hidden",
+                     concurrency_limit=None, queue=False)
+        answer = busy.then(self.send, inputs=[self.input, self.run, self.baseline, self.tuned, self.max_new_tokens,
+                                              self.temperature, self.top_p, self.repetition_penalty],
+                           outputs=[self.input, self.baseline, self.tuned, self.status], api_name="chat",
+                           concurrency_limit=1, concurrency_id="chat", show_progress="hidden")
+        answer.then(lambda: (gr.Button(interactive=True), gr.Textbox(interactive=True)),
+                    outputs=[self.send_btn, self.input], api_visibility="private", show_progress="hidden",
+                    concurrency_limit=None, queue=False)
         self.clear_btn.click(lambda: ([], [], ""), outputs=[self.baseline, self.tuned, self.status],
                              api_name="clear_chat", concurrency_limit=None, cancels=[answer])
         gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=self.run, outputs=self.run,
@@ -123,10 +143,17 @@ class ChatTab:
     def pane_label(self, run_id: str | None):
         return gr.Chatbot(label=f"DPO · {run_id}" if run_id else "DPO (the run's adapter on)")
 
-    def send(self, message, run_id, baseline, tuned, max_new_tokens, temperature, top_p):
+    def send(self, message, run_id, baseline, tuned, max_new_tokens, temperature, top_p,
+             repetition_penalty=1.0, request: gr.Request = None):
         message = (message or "").strip()
         if not message:
             yield {self.status: gr.skip()}
+            return
+        try:
+            require_reader(request, "chat")
+        except StudioError as e:
+            gr.Warning(str(e))
+            yield {self.status: str(e)}
             return
         if not run_id:
             problem = "No run to chat with yet: train one in the Train tab (or pick one above)."
@@ -154,13 +181,21 @@ class ChatTab:
         except (ModelError, FileNotFoundError) as e:
             yield {self.status: f"⚠️ {e}", self.baseline: base_history, self.tuned: tuned_history}
             return
-        first_token, base_text, tuned_text = None, "", ""
-        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p))
-        for base_text, tuned_text in engine.stream_pair(base_history, tuned_history, adapter, settings):
-            first_token = first_token or time.time()
-            yield {self.baseline: base_history + [{"role": "assistant", "content": base_text or THINKING}],
-                   self.tuned: tuned_history + [{"role": "assistant", "content": tuned_text or THINKING}]}
+        first_token, base_text, tuned_text, finished = None, "", "", []
+        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p),
+                                      repetition_penalty=float(repetition_penalty or 1.0))
+        for base_text, tuned_text in engine.stream_pair(for_model(base_history), for_model(tuned_history), adapter,
+                                                        settings, finished):
+            update = {self.baseline: base_history + [{"role": "assistant", "content": base_text or THINKING}],
+                      self.tuned: tuned_history + [{"role": "assistant", "content": tuned_text or THINKING}]}
+            if first_token is None:
+                first_token = time.time()
+                update[self.status] = "Answering…"  # the loading message goes as soon as tokens arrive
+            yield update
         took = time.time() - started
+        cut = f"{CUT_MARK}{int(max_new_tokens)} tokens]*"
+        base_text += "" if not finished or finished[0] else cut
+        tuned_text += "" if not finished or finished[1] else cut
         yield {self.baseline: base_history + [{"role": "assistant", "content": base_text}],
                self.tuned: tuned_history + [{"role": "assistant", "content": tuned_text}],
                self.status: f"Answered with run `{run.id}` in {took:.1f} s"

@@ -45,7 +45,7 @@ def widget_value(name: str, value, cls=RunConfig):
             return [] if choices_of(f) else ""
         return list(value) if choices_of(f) else ", ".join(str(v) for v in value)
     if value is None:
-        return None if _kind(cls, name) in (int, float) else ""
+        return None if _kind(cls, name) in (int, float) and not _optional(cls, name) else ""
     return value
 
 
@@ -69,7 +69,7 @@ def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
     except ConfigError as e:
         labels = {f.name: f.metadata["label"] for f in dataclasses.fields(cls)
                   if f.metadata.get("label") not in (None, f.name)}
-        named = re.sub(r"\b(\w+)(?= must| needs)", lambda k: f"{labels[k[1]]} ({k[1]})" if k[1] in labels else k[1],
+        named = re.sub(r"\b(\w+)(?= must| needs)", lambda k: f"{labels[k[1]]}: {k[1]}" if k[1] in labels else k[1],
                        str(e))
         raise ConfigError(named) from None
 
@@ -98,6 +98,9 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         return gr.Dropdown(options, allow_custom_value=bool(m.get("custom")), **common)
     # Numbers carry no browser-side minimum/maximum: the engine's check names the field and the range,
     # where the browser's own message ("Value 0 is less than minimum value 1.") names neither.
+    if kind in (int, float) and _optional(cls, name):
+        # A Number left empty has no default in the API (clients would have to send it): empty text = None.
+        return gr.Textbox(placeholder="empty: off", **common)
     if kind is int:
         return gr.Number(precision=0, **common)
     if kind is float:

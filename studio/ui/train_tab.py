@@ -143,7 +143,7 @@ class TrainTab:
     def _wire(self) -> None:
         f = self.fields
         self.preset.input(self.load_preset, inputs=[self.preset, f["data"], f["eval_data"]],
-                          outputs=[*f.values(), self.card, self.method_note, self.eval_note], api_name="load_preset")
+                          outputs=[*f.values(), self.eval_note, self.card, self.method_note], api_name="load_preset")
         self.start.click(self.start_training, inputs_kwargs={"preset": self.preset, **f}, outputs=self.poll_outputs,
                          api_name="start", concurrency_limit=None)
         self.stop.click(self.stop_training, outputs=self.status, api_name="stop", concurrency_limit=None)
@@ -199,7 +199,9 @@ class TrainTab:
     def _method_note(self, model: str, method: str, cfg: RunConfig) -> str:
         return memory.describe(model, method, self.qlora_problem, lora_r=cfg.lora_r, targets=cfg.lora_target_modules,
                                batch=cfg.per_device_train_batch_size, max_length=cfg.max_length,
-                               cuda=self.hardware.cuda, checkpointing=cfg.gradient_checkpointing)
+                               cuda=self.hardware.cuda, checkpointing=cfg.gradient_checkpointing,
+                               free_gb=memory.free_gpu_gb() if self.hardware.cuda else None,
+                               accumulation=cfg.gradient_accumulation_steps)
 
     @staticmethod
     def _eval_note(cfg: RunConfig) -> str:
