@@ -200,8 +200,9 @@ def training_memory(shape: Shape, method: str, backend: str = "transformers", *,
         per_token = act.layer_tensors * hidden_bytes + (shape.layers * hidden_bytes if act.keeps_checkpoints else 0)
     else:
         per_token = shape.layers * act.layer_tensors * hidden_bytes
-    per_token += shape.vocab * act.vocab_bytes
-    activations = 2 * pairs * seq_len * per_token * (1 if cuda else 2)
+    per_token *= 1 if cuda else 2  # hidden states are bf16 on a GPU, fp32 on CPU
+    per_token += shape.vocab * act.vocab_bytes  # the logits' copies are fp32 either way (TRL upcasts them)
+    activations = 2 * pairs * seq_len * per_token
     return Breakdown(CUDA_OVERHEAD_GB if cuda else 0.0, weights / GB, adapter / GB, activations / GB)
 
 
