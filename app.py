@@ -24,9 +24,13 @@ from studio.backends import early_import  # noqa: E402 - after the path fix
 
 early_import()  # before transformers and PEFT load, so Unsloth's patches apply (a no-op without CUDA + Unsloth)
 
+from studio.errors import StudioError  # noqa: E402
 from studio.ui import build_app, launch_options  # noqa: E402 - after the early import
 
-demo = build_app()
+try:
+    demo = build_app()
+except StudioError as e:  # e.g. a read-only STUDIO_HOME: say so and stop, no traceback
+    sys.exit(f"error: {e}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    demo.launch(server_name=host, server_port=port, **launch_options())
+    try:
+        options = launch_options()
+    except StudioError as e:  # e.g. STUDIO_PRIVATE=1 with no way to sign in
+        sys.exit(f"error: {e}")
+    demo.launch(server_name=host, server_port=port, **options)
 
 
 if __name__ == "__main__":

@@ -536,15 +536,15 @@ def _phase_printer():
 
 
 def cmd_export(args) -> int:
-    from .errors import StudioError
+    from . import jobs
     from .export import export_run
     from .runs import get_run
 
-    try:
-        record = export_run(get_run(args.run), args.format, out_dir=args.out, quant=args.quant,
-                            progress=_phase_printer())
-    except StudioError as e:
-        raise UserError(str(e)) from None
+    run = get_run(args.run)
+    # On the job slot, like every long task: an export never runs beside a training (JobBusy says which).
+    record = jobs.run("export", f"exporting {run.id} as {args.format}",
+                      lambda job: export_run(run, args.format, out_dir=args.out, quant=args.quant,
+                                             progress=_phase_printer(), should_stop=job.stopping))
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -558,15 +558,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .errors import StudioError
     from .hub import push_to_hub
     from .runs import get_run
 
-    try:
-        result = push_to_hub(get_run(args.run), args.repo, what=args.what, private=not args.public,
-                             progress=_phase_printer())
-    except StudioError as e:
-        raise UserError(str(e)) from None
+    result = push_to_hub(get_run(args.run), args.repo, what=args.what, private=not args.public,
+                         progress=_phase_printer())
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

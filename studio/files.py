@@ -25,6 +25,20 @@ from .errors import AccessError, ConfigError, DataError
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
 
+def check_home_writable() -> Path:
+    """STUDIO_HOME exists (made if needed) and takes a file: everything the studio keeps goes there."""
+    home = studio_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"STUDIO_HOME {home} is not writable ({e.strerror or e}): point STUDIO_HOME at a folder "
+                          "this user can write (runs, uploads and the model cache live there).") from None
+    return home
+
+
 def uploads_dir() -> Path:
     return studio_home() / "uploads"
 

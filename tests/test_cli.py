@@ -141,7 +141,9 @@ def test_compare_prints_the_grid_and_writes_csv_and_markdown(trained_run, cli_ho
     grid = json.loads(done.stdout)
     assert grid["prompts"] == ["Write a paragraph to introduce supervised fine-tuning.", "What is 19 times 4?"]
     assert [c["name"] for c in grid["columns"]] == ["SFT baseline", "quick"]
-    assert all(len(c["answers"]) == 2 and set(c["measures"]) == {"words", "readability", "first_person"}
+    # The style measures, and since issue 14 the damage measures under every column too.
+    assert all(len(c["answers"]) == 2 and set(c["measures"]) >= {"words", "readability", "first_person", "repetition",
+                                                                 "distinct_2", "ended_on_own"}
                for c in grid["columns"])
     assert list(csv.reader(csv_path.open()))[0] == ["prompt", "SFT baseline", "quick"]
     assert md_path.read_text().startswith("| prompt | SFT baseline | quick |")

@@ -5,6 +5,7 @@ real (a few steps of the embedded SmolLM2-135M on CPU); nothing is mocked.
 """
 
 import json
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -268,6 +269,35 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
     assert sweep.id in status and ">done<" in status
     assert runs["value"] == new_runs and results2["data"] == results["data"]
     assert prompts2 == probes and tokens2 == 8 and updated(grid2)["data"] == grid["data"] and len(files2) == 2
+
+
+def test_two_clients_pressing_start_at_the_same_instant_make_exactly_one_run(app, style_pairs):
+    client, home = app
+    before = set((home / "runs").iterdir()) if (home / "runs").is_dir() else set()
+    barrier = threading.Barrier(2)
+    statuses = []
+
+    def press_start():
+        own = Client(client.src, verbose=False)  # a second browser: its own session
+        barrier.wait()
+        statuses.append(own.predict(data=str(style_pairs), max_steps=200, **QUICK, api_name="/start")[0])
+
+    threads = [threading.Thread(target=press_start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    job = TrainingJob.active()
+    try:
+        new = set((home / "runs").iterdir()) - before
+        assert len(new) == 1, new
+        refused = [s for s in statuses if "not started" in s]
+        assert len(refused) == 1 and "already running" in refused[0], statuses
+        assert "Traceback" not in "".join(statuses)
+    finally:
+        if job is not None:
+            job.stop()
+            job.wait(300)
 
 
 def test_deleting_a_run_removes_its_folder(app):

@@ -13,7 +13,7 @@ import gradio as gr
 
 from studio.access import access_mode, auth_from_env, check_access_settings
 from studio.config import studio_home
-from studio.files import max_upload_bytes
+from studio.files import check_home_writable, max_upload_bytes
 from studio.export import exports_dir
 from studio.runs import mark_interrupted
 from studio.training import TrainingJob
@@ -37,6 +37,7 @@ preference data, train, watch the reward margins climb, and chat with the baseli
 
 
 def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
+    check_home_writable()  # a read-only or missing STUDIO_HOME is one clear message, not a traceback
     # Runs left live by a server that died are marked interrupted; their files stay readable.
     mark_interrupted()
     memory.warm_up()
