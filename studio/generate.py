@@ -130,7 +130,10 @@ def generate_pool(model_spec: str, run=None, prompts=(), k: int = 2, settings=No
     info = dict(models=[source.record()], base_model=source.model, k=k, settings=dataclasses.asdict(settings),
                 prompts_source=prompts_source, prompts=len(convs), round=source.round + 1,
                 seed=settings.seed, pid=os.getpid())
-    pool = create_pool_at(out, "generate", **info) if out else create_pool("generate", f"{source.run or 'baseline'}-k{k}", **info)
+    if out:
+        pool = create_pool_at(out, "generate", **info)
+    else:
+        pool = create_pool("generate", f"{source.run or 'baseline'}-k{k}", **info)
     return fill_pool(pool, [source], convs, k, settings, progress, should_stop, engine, batch_size)
 
 

@@ -77,6 +77,7 @@ def _pair(pool: Pool, pair_id: str) -> Pair:
 # --- rubric ----------------------------------------------------------------------------------
 
 RULE_TYPES = {
+    "finished": "an answer must have ended by itself, not been cut off at the token limit (both cut: both bad)",
     "shorter": "prefer the answer with fewer words",
     "longer": "prefer the answer with more words",
     "first_person": "prefer the higher share of first-person sentences",
@@ -95,6 +96,8 @@ class Rule:
     why: str = ""
 
     def describe(self) -> str:
+        if self.type == "finished":
+            return "must end by itself, not at the token limit" + (f" ({self.why})" if self.why else "")
         if self.type in ("must_match", "must_not_match"):
             verb = "must match" if self.type == "must_match" else "must not match"
             return f"{verb} /{self.pattern}/" + (f" ({self.why})" if self.why else "")
@@ -113,21 +116,32 @@ class Rubric:
     def labeller(self) -> str:
         return f"rubric:{self.name}"
 
-    def decide(self, x: str, y: str, names: tuple[str, str] = ("answer 1", "answer 2")) -> tuple[str, int | None, str]:
-        """(outcome, 0 = x wins / 1 = y wins / None, reason) by the first rule that tells x and y apart."""
+    def decide(self, x: str, y: str, names: tuple[str, str] = ("answer 1", "answer 2"),
+               finished: tuple[bool | None, bool | None] = (None, None)) -> tuple[str, int | None, str]:
+        """(outcome, 0 = x wins / 1 = y wins / None, reason) by the first rule that tells x and y apart.
+
+        `finished`: whether each answer ended by itself (a pool records it); None = unknown, and
+        a `finished` rule then passes the decision on.
+        """
         from .evaluate import flesch_reading_ease, is_first_person, sentences, words
 
         seen = []
         for n, rule in enumerate(self.rules, 1):
             label = f"rule {n} ({rule.describe()})"
-            if rule.type in ("must_match", "must_not_match"):
-                want = rule.type == "must_match"
-                ok = [bool(re.search(rule.pattern, t, re.MULTILINE)) == want for t in (x, y)]
+            if rule.type == "finished" and None in finished:
+                seen.append(f"rule {n}: not known whether the answers were cut off")
+                continue
+            if rule.type in ("finished", "must_match", "must_not_match"):
+                if rule.type == "finished":
+                    ok = [bool(f) for f in finished]
+                else:
+                    want = rule.type == "must_match"
+                    ok = [bool(re.search(rule.pattern, t, re.MULTILINE)) == want for t in (x, y)]
                 if ok[0] != ok[1]:
                     good = 0 if ok[0] else 1
-                    return "win", good, f"{label}: only {names[good]} passes"
+                    return "win", good, _trail(seen, f"{label}: only {names[good]} passes")
                 if not any(ok):
-                    return "both_bad", None, f"{label}: neither answer passes"
+                    return "both_bad", None, _trail(seen, f"{label}: neither answer passes")
                 seen.append(f"rule {n}: both pass")
                 continue
             if rule.type in ("shorter", "longer"):
@@ -148,9 +162,14 @@ class Rubric:
                 better = vx > vy
             if abs(vx - vy) >= max(rule.min_difference, 1e-12):
                 good = 0 if better else 1
-                return "win", good, f"{label}: {shown} → {names[good]}"
+                return "win", good, _trail(seen, f"{label}: {shown} → {names[good]}")
             seen.append(f"rule {n}: {shown}, too close")
         return "tie", None, "no rule tells them apart (" + "; ".join(seen) + ")"
+
+
+def _trail(seen: list[str], decisive: str) -> str:
+    """The deciding rule, after what the rules before it saw (so a decision explains itself)."""
+    return "; ".join([*seen, decisive])
 
 
 def _share(flags: list[bool]) -> float:
@@ -166,6 +185,7 @@ def load_rubric(source: str | Path, name: str | None = None) -> Rubric:
           - type: must_match        # or must_not_match
             pattern: '\\w'
             why: an empty answer says nothing
+          - type: finished          # ended by itself, not cut at the token limit (pools record it)
           - type: shorter           # or longer, first_person, readability
             min_difference: 10      # words (points of reading ease; share of sentences for first_person)
     """
@@ -198,10 +218,13 @@ def _rule(values, n: int, origin: str) -> Rule:
     kind = values["type"]
     if kind not in RULE_TYPES:
         raise ConfigError(f"{where}: unknown type {kind!r}; one of {', '.join(RULE_TYPES)}.")
-    allowed = {"type", "why", "pattern"} if kind.startswith("must") else {"type", "why", "min_difference"}
+    allowed = ({"type", "why", "pattern"} if kind.startswith("must") else {"type", "why"} if kind == "finished"
+               else {"type", "why", "min_difference"})
     extra = sorted(set(values) - allowed)
     if extra:
         raise ConfigError(f"{where} ({kind}): unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}.")
+    if kind == "finished":
+        return Rule(kind, why=str(values.get("why") or ""))
     if kind.startswith("must"):
         pattern = values.get("pattern")
         if not isinstance(pattern, str) or not pattern:
@@ -236,7 +259,8 @@ def label_with_rubric(pool: Pool | str, rubric: Rubric, progress: Progress | Non
             break
         c = candidates[pair.candidate]
         names = answer_names(c, pair)
-        outcome, good, reason = rubric.decide(c["answers"][pair.first]["text"], c["answers"][pair.second]["text"], names)
+        x, y = c["answers"][pair.first], c["answers"][pair.second]
+        outcome, good, reason = rubric.decide(x["text"], y["text"], names, (x.get("finished"), y.get("finished")))
         winner = None if good is None else (pair.first, pair.second)[good]
         pool.record(pair, rubric.labeller, outcome, winner, reason=reason, goal=rubric.goal)
         counts[outcome] += 1
@@ -247,7 +271,7 @@ def label_with_rubric(pool: Pool | str, rubric: Rubric, progress: Progress | Non
 
 # --- judge model -----------------------------------------------------------------------------
 
-DEFAULT_TEMPLATE = """Two assistants answered the same request. Decide which answer is better: more helpful, correct and clear.
+DEFAULT_TEMPLATE = """Two assistants answered the same request. Which answer is better: more helpful, correct and clear?
 
 Request:
 {prompt}

@@ -85,8 +85,8 @@ def outcomes(pool: Pool | str, labeller: str | None = None) -> tuple[list[float]
     labellers = pool.labellers()
     if labeller is None:
         if len(labellers) != 1:
-            raise EvalError(f"Pool {pool.id} has {'no labels yet' if not labellers else 'several labellers: ' + ', '.join(labellers)}"
-                            "; name the labeller whose decisions count.")
+            found = "no labels yet" if not labellers else "several labellers: " + ", ".join(labellers)
+            raise EvalError(f"Pool {pool.id} has {found}; name the labeller whose decisions count.")
         labeller = labellers[0]
     candidates = pool.candidates()
     pairs = {p.id: p for p in pool.pairs()}

@@ -28,7 +28,7 @@ def label_app(module_home):
                        base_model="embedded", round=1, seed=0)
     for n, (short, long) in enumerate(ANSWERS):
         pool.add_candidate([{"role": "user", "content": f"Question {n}?"}],
-                           [{"text": short, "name": "SFT baseline (embedded)"}, {"text": long, "name": "SFT baseline (embedded)"}])
+                           [{"text": t, "name": "SFT baseline (embedded)"} for t in (short, long)])
     pool.update(state="done", done=len(ANSWERS))
     with gr.Blocks() as demo:
         with gr.Tabs():

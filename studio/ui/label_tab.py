@@ -105,7 +105,7 @@ class LabelTab:
                 gr.Markdown("Rules applied in order: the first rule that tells the two answers apart decides, and "
                             "each decision shows the rule and the numbers it saw. Rule types: `shorter`, `longer`, "
                             "`first_person`, `readability` (with `min_difference`), `must_match`, `must_not_match` "
-                            "(with `pattern`).", elem_classes="ds-caption")
+                            "(with `pattern`), `finished` (not cut off at the token limit).", elem_classes="ds-caption")
                 self.rubric = gr.Code(RUBRIC_EXAMPLE.read_text(encoding="utf-8") if RUBRIC_EXAMPLE.is_file() else "",
                                       language="yaml", label="Rubric (YAML)", elem_id="label-rubric")
                 self.apply_btn = gr.Button("Apply the rubric to this pool", elem_id="label-apply-rubric")
@@ -137,8 +137,8 @@ class LabelTab:
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="label_undo",
                             show_progress="hidden", concurrency_limit=None)
-        self.apply_btn.click(self.apply_rubric, inputs=[*inputs, self.rubric], outputs=[self.decisions, *self.view_outputs],
-                             api_name="label_rubric")
+        self.apply_btn.click(self.apply_rubric, inputs=[*inputs, self.rubric],
+                             outputs=[self.decisions, *self.view_outputs], api_name="label_rubric")
         self.export_btn.click(self.export, inputs=[self.pool, self.labeller], outputs=self.export_status,
                               api_name="label_export")
 
