@@ -51,12 +51,12 @@ def test_blind_labels_undo_and_a_reload_resumes_where_it_stopped(label_app):
     url, pool = label_app
     client = Client(url, verbose=False)
     progress, prompt, a, b = view(client, pool.id, "api user")
-    assert "0 of 4" in progress and prompt == "Question 0?" and {a, b} == set(ANSWERS[0])
+    assert "0 of 4" in progress and prompt.endswith("Question 0?") and {a, b} == set(ANSWERS[0])
     assert "embedded" not in a + b + prompt  # blind
 
     # "A is better": saved at once, as the answer shown as A; the next pair shows.
     progress, prompt, *_ = client.predict(pool.id, "api user", api_name="/label_a")
-    assert "1 of 4" in progress and prompt == "Question 1?"
+    assert "1 of 4" in progress and prompt.endswith("Question 1?")
     me = human("api user")
     decided = get_pool(pool.id).decisions(me)
     first = pool.pairs()[0]
@@ -64,16 +64,16 @@ def test_blind_labels_undo_and_a_reload_resumes_where_it_stopped(label_app):
 
     client.predict(pool.id, "api user", api_name="/label_b")
     progress, prompt, *_ = client.predict(pool.id, "api user", api_name="/label_undo")
-    assert "1 of 4" in progress and prompt == "Question 1?"  # the undone pair is shown again
+    assert "1 of 4" in progress and prompt.endswith("Question 1?")  # the undone pair is shown again
     client.predict(pool.id, "api user", api_name="/label_tie")
 
     # A reload (a new session, nothing kept in the page) resumes at the next pair, from disk.
     other = Client(url, verbose=False)
     progress, prompt, *_ = view(other, pool.id, "api user")
-    assert "2 of 4" in progress and prompt == "Question 2?"
+    assert "2 of 4" in progress and prompt.endswith("Question 2?")
     other.predict(pool.id, "api user", api_name="/label_both_bad")
     progress, prompt, *_ = client.predict(pool.id, "api user", api_name="/label_skip")  # the first browser goes on
-    assert "2 of 4" in progress and "1 skipped" in progress and prompt == "Question 3?"  # a skip labels nothing
+    assert "2 of 4" in progress and "1 skipped" in progress and prompt.endswith("Question 3?")  # a skip labels nothing
 
     events = [json.loads(line) for line in (pool.path / "labels.jsonl").read_text().splitlines()]
     assert [(e["event"], e.get("shown")) for e in events] == [

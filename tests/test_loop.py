@@ -131,6 +131,15 @@ def test_the_next_round_trains_on_the_labelled_pool(round_one):
     assert all(r["chosen"].endswith("is nice.") and r["labeller"] == "rubric:brief" for r in rows)
 
 
+def test_a_run_reads_back_its_lineage(round_one):
+    from studio.rounds import lineage
+
+    pool, job = round_one
+    chain = lineage(job.run.id)
+    assert [(c["round"], c["run"]) for c in chain] == [(0, None), (1, job.run.id)]
+    assert chain[1]["pool"] == pool.id and chain[0]["model"] == "embedded"
+
+
 def test_the_next_round_can_take_the_original_data_too(round_one, style_pairs):
     pool, _ = round_one
     cfg = next_round_config(pool, quick_base(data=str(style_pairs)), include_original=True)

@@ -18,7 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.errors import user_message
-from studio.label import CHOICES, label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
+from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
 
 RUBRIC_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "presets" / "data" / "self-improve.rubric.yaml"
@@ -49,11 +49,6 @@ if (!window.__dsLabelKeys) {
   });
 }
 """ % {key: elem_id for _, elem_id, key in [*BUTTONS.values(), UNDO]}
-ANSWER_CSS = """
-#label-a, #label-b { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px;
-  min-height: 120px; max-height: 420px; overflow: auto; }
-#label-prompt { font-weight: 600; }
-"""
 
 
 def pool_choices() -> list[tuple[str, str]]:
@@ -89,17 +84,17 @@ class LabelTab:
             with gr.Row(equal_height=True):
                 with gr.Column():
                     gr.Markdown("**A**")
-                    self.a = gr.Markdown(elem_id="label-a")
+                    self.a = gr.Markdown(container=True, padding=True, min_height=120, max_height=420, elem_id="label-a")
                 with gr.Column():
                     gr.Markdown("**B**")
-                    self.b = gr.Markdown(elem_id="label-b")
+                    self.b = gr.Markdown(container=True, padding=True, min_height=120, max_height=420, elem_id="label-b")
             with gr.Row():
                 self.buttons = {choice: gr.Button(f"{label}  [{key}]", elem_id=elem_id,
                                                   variant="primary" if choice in ("A", "B") else "secondary")
                                 for choice, (label, elem_id, key) in BUTTONS.items()}
                 self.undo_btn = gr.Button(f"{UNDO[0]}  [{UNDO[2]}]", elem_id=UNDO[1])
             gr.HTML("Keys: <b>1</b> A is better · <b>2</b> B is better · <b>3</b> tie · <b>0</b> both bad · "
-                    "<b>s</b> skip · <b>z</b> undo", js_on_load=KEYS_JS, css_template=ANSWER_CSS,
+                    "<b>s</b> skip · <b>z</b> undo", js_on_load=KEYS_JS,
                     elem_classes="ds-muted", elem_id="label-keys")
             with gr.Accordion("Label the whole pool with a rubric", open=False):
                 gr.Markdown("Rules applied in order: the first rule that tells the two answers apart decides, and "
@@ -146,11 +141,13 @@ class LabelTab:
     def restore(self, pool_id: str | None, name: str | None, remembered: dict | None):
         """Refresh the pool list and show the next pair; a fresh page takes its name and pool from the browser."""
         remembered = remembered or {}
+        # Fill the name only from the browser's memory: a name being typed right now is never overwritten.
+        name_out = remembered["name"] if not name and remembered.get("name") else gr.skip()
         name = name or remembered.get("name") or ""
         ids = [value for _, value in pool_choices()]
         wanted = pool_id or remembered.get("pool")
         pool_id = wanted if wanted in ids else (ids[0] if ids else None)
-        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name, *self.show(pool_id, name))
+        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name_out, *self.show(pool_id, name))
 
     def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
         """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
@@ -171,7 +168,8 @@ class LabelTab:
         if view is None:
             done = "All pairs labelled." if p["total"] else "This pool has no pairs yet."
             return counter, f"{done} Write the preference file below.", "", "", None, labellers
-        return counter, _quote(view["prompt"]), _quote(view["a"]), _quote(view["b"]), view["pair"], labellers
+        return (counter, f"**Prompt:** {_quote(view['prompt'])}", _quote(view["a"]), _quote(view["b"]), view["pair"],
+                labellers)
 
     def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
         if pool_id and pair_id:
@@ -239,6 +237,3 @@ def decisions_frame(pool, labeller: str) -> pd.DataFrame:
 
 def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + "…"
-
-
-__all__ = ["LabelTab", "CHOICES"]
