@@ -618,20 +618,16 @@ def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | Non
 
 def cmd_generate(args) -> int:
     from .chat import GenerationSettings
-    from .errors import StudioError
     from .generate import generate_pool, load_prompts
     from .progress import TerminalProgress
 
-    try:
-        convs, source = load_prompts(args.prompts)
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_p=args.top_p, seed=args.seed)
-        bar = TerminalProgress("generating", "prompt")
-        pool = generate_pool(args.model, None, convs, k=args.k, settings=settings, progress=bar, out=args.out,
-                             batch_size=args.batch_size, prompts_source=source)
-        bar.close()
-    except StudioError as e:
-        raise UserError(str(e)) from None
+    convs, source = load_prompts(args.prompts)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed)
+    bar = TerminalProgress("generating", "prompt")
+    pool = generate_pool(args.model, None, convs, k=args.k, settings=settings, progress=bar, out=args.out,
+                         batch_size=args.batch_size, prompts_source=source)
+    bar.close()
     info = pool.info()
     if args.json:
         print(json.dumps({**info, "folder": str(pool.path)}, indent=2))
@@ -650,34 +646,31 @@ def cmd_label(args) -> int:
     from .pools import get_pool, to_preferences
     from .progress import TerminalProgress
 
-    try:
-        pool = get_pool(args.pool)
-        if args.rubric:
-            rubric = load_rubric(args.rubric)
-            counts = label_with_rubric(pool, rubric)
-        else:
-            if is_embedded(args.judge):
-                print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
-            template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
-            bar = TerminalProgress("judging", "pair")
-            counts = judge_pool(pool, Judge(args.judge, template), progress=bar)
-            bar.close()
-        labeller = counts["labeller"]
-        result = {"pool": pool.id, **counts}
-        if pool.info().get("kind") == "winrate":
-            from .winrate import describe, measure
+    pool = get_pool(args.pool)
+    if args.rubric:
+        rubric = load_rubric(args.rubric)
+        counts = label_with_rubric(pool, rubric)
+    else:
+        if is_embedded(args.judge):
+            print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
+        template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
+        bar = TerminalProgress("judging", "pair")
+        counts = judge_pool(pool, Judge(args.judge, template), progress=bar)
+        bar.close()
+    labeller = counts["labeller"]
+    result = {"pool": pool.id, **counts}
+    if pool.info().get("kind") == "winrate":
+        from .winrate import describe, measure
 
-            result["winrate"] = measure(pool, labeller)
-            text = describe(result["winrate"])
-        else:
-            try:
-                path, rows = to_preferences(pool, labeller)
-                result.update(preferences=str(path), preference_rows=rows)
-                text = f"preference file: {path} ({rows} pairs)"
-            except StudioError as e:  # every pair a tie: nothing to train on, but the labels are saved
-                text = str(e)
-    except StudioError as e:
-        raise UserError(str(e)) from None
+        result["winrate"] = measure(pool, labeller)
+        text = describe(result["winrate"])
+    else:
+        try:
+            path, rows = to_preferences(pool, labeller)
+            result.update(preferences=str(path), preference_rows=rows)
+            text = f"preference file: {path} ({rows} pairs)"
+        except StudioError as e:  # every pair a tie: nothing to train on, but the labels are saved
+            text = str(e)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -691,7 +684,6 @@ def cmd_winrate(args) -> int:
     from pathlib import Path
 
     from .chat import GenerationSettings
-    from .errors import StudioError
     from .generate import load_prompts
     from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, judge_pool, label_with_rubric, load_rubric
     from .models import is_embedded
@@ -699,38 +691,35 @@ def cmd_winrate(args) -> int:
     from .progress import TerminalProgress
     from .winrate import comparison_pool, describe, measure
 
-    try:
-        if args.pool:
-            pool = get_pool(args.pool)
-        else:
-            if len(args.models) != 2 or not args.prompts:
-                raise UserError("give MODEL_A MODEL_B and --prompts FILE (or --pool POOL to measure an existing pool)")
-            if not (args.rubric or args.judge or args.human):
-                raise UserError("say who decides: --rubric FILE, --judge MODEL or --human")
-            convs, source = load_prompts(args.prompts)
-            settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                          seed=args.seed)
-            bar = TerminalProgress("answering", "prompt")
-            pool = comparison_pool(args.models[0], args.models[1], convs, settings, progress=bar, out=args.out,
-                                   prompts_source=source)
-            bar.close()
-        labeller = args.labeller
-        if args.rubric:
-            labeller = label_with_rubric(pool, load_rubric(args.rubric))["labeller"]
-        elif args.judge:
-            if is_embedded(args.judge):
-                print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
-            template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
-            bar = TerminalProgress("judging", "pair")
-            labeller = judge_pool(pool, Judge(args.judge, template), progress=bar)["labeller"]
-            bar.close()
-        elif args.human:
-            print(f"pool {pool.id}: label it blind in the Label tab, then run "
-                  f"`python -m studio winrate --pool {pool.id} --labeller human:NAME`")
-            return 0
-        result = measure(pool, labeller)
-    except StudioError as e:
-        raise UserError(str(e)) from None
+    if args.pool:
+        pool = get_pool(args.pool)
+    else:
+        if len(args.models) != 2 or not args.prompts:
+            raise UserError("give MODEL_A MODEL_B and --prompts FILE (or --pool POOL to measure an existing pool)")
+        if not (args.rubric or args.judge or args.human):
+            raise UserError("say who decides: --rubric FILE, --judge MODEL or --human")
+        convs, source = load_prompts(args.prompts)
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      seed=args.seed)
+        bar = TerminalProgress("answering", "prompt")
+        pool = comparison_pool(args.models[0], args.models[1], convs, settings, progress=bar, out=args.out,
+                               prompts_source=source)
+        bar.close()
+    labeller = args.labeller
+    if args.rubric:
+        labeller = label_with_rubric(pool, load_rubric(args.rubric))["labeller"]
+    elif args.judge:
+        if is_embedded(args.judge):
+            print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
+        template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
+        bar = TerminalProgress("judging", "pair")
+        labeller = judge_pool(pool, Judge(args.judge, template), progress=bar)["labeller"]
+        bar.close()
+    elif args.human:
+        print(f"pool {pool.id}: label it blind in the Label tab, then run "
+              f"`python -m studio winrate --pool {pool.id} --labeller human:NAME`")
+        return 0
+    result = measure(pool, labeller)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -76,7 +76,6 @@ class TrainingJob(Job):
         self.metrics = MetricsLog(None)
         self.step = 0
         self.total_steps: int | None = None
-        self.first_log_at: float | None = None
         self.last_snapshot: int | None = None  # the step of the newest adapter snapshot on disk
         self._step_seconds: list[float] = []  # time per optimizer step, evaluation time taken out
         self._last_step_end: float | None = None
@@ -344,6 +343,15 @@ def save_adapter(model, adapter_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _folder_gone(job: TrainingJob, step: int, control) -> bool:
+    """True (and the run failing) when the run folder was removed: nothing more can be written there."""
+    if job.run.path.is_dir():
+        return False
+    job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained (at step {step}); "
+                            "nothing more can be saved."), control)
+    return True
+
+
 class _Recorder(TrainerCallback):
     """Pushes every logged dict to the job's metrics log, names the phase, guards the weights, checks stop."""
 
@@ -359,12 +367,8 @@ class _Recorder(TrainerCallback):
         if not logs:
             return
         job, now = self.job, time.time()
-        if not job.run.path.is_dir():
-            job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained "
-                                    f"(at step {state.global_step}); nothing more can be saved."), control)
+        if _folder_gone(job, state.global_step, control):
             return
-        if job.first_log_at is None:
-            job.first_log_at = now
         bad = {k: v for k, v in logs.items() if k in ("loss", "grad_norm", "eval_loss")
                and isinstance(v, float) and not math.isfinite(v)}
         job.metrics.append({"step": state.global_step, "time": now, **logs})
@@ -403,9 +407,7 @@ class _Recorder(TrainerCallback):
         if job._last_step_end is not None:
             job._step_seconds.append(max(now - job._last_step_end - job._eval_in_step, 0.0))
         job._last_step_end, job._eval_in_step = now, 0.0
-        if not job.run.path.is_dir():
-            job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained "
-                                    f"(at step {job.step}); nothing more can be saved."), control)
+        if _folder_gone(job, job.step, control):
             return
         if job.error:
             return
