@@ -109,6 +109,8 @@ class TrainingJob(Job):
         if not self._stop.is_set():
             self._stopped_at = time.time()
         super().stop()
+        if self.state == "training" and not self.phase.startswith("evaluating"):
+            self._set("training", "stopping after this step")  # said at once, not when the step ends
 
     def progress(self) -> dict:
         p = super().progress()
@@ -399,7 +401,8 @@ class _Recorder(TrainerCallback):
         pairs = getattr(job, "eval_pairs", 0)
         done = min(job._eval_batch * args.per_device_eval_batch_size, pairs)
         if job._eval_batch == 1 or done == pairs or job._eval_batch % 2 == 0:
-            job._set("training", f"evaluating {done}/{pairs} held-out pairs")
+            then = ", then stopping" if job.stopping() else ""
+            job._set("training", f"evaluating {done}/{pairs} held-out pairs{then}")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         job, now = self.job, time.time()

@@ -157,7 +157,11 @@ def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
     page.locator("#chat-input textarea").fill("Tell me one thing about tea.")
     t0 = time.time()
     page.locator("#chat-send").click()
+    # A second message cannot be dropped: Send and the box are disabled until both panes have answered.
+    expect(page.locator("#chat-send")).to_be_disabled(timeout=5_000)
+    expect(page.locator("#chat-input textarea")).to_be_disabled()
     expect(page.locator("#chat-status")).to_contain_text("Answered", timeout=300_000)
+    expect(page.locator("#chat-send")).to_be_enabled(timeout=10_000)
     timings["chat answer (incl. model load)"] = time.time() - t0
     for pane in ("#chat-baseline", "#chat-tuned"):
         bot = page.locator(f"{pane} .message.bot, {pane} [data-testid='bot']").last
@@ -165,3 +169,102 @@ def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
     print("browser timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     # The targets are 2 s and 1 s; the bounds leave room for a loaded CI runner.
     assert timings["metric-to-chart latency (max)"] < 5 and timings["page action while training (median of 3)"] < 5
+
+
+# Every distinct text the status line shows, recorded in the page as it changes.
+STATUS_LOG_JS = """() => {
+  window.__statusSeen = [];
+  const el = document.querySelector('#train-status');
+  const record = () => {
+    const t = el.innerText.replace(/\\s+/g, ' ').trim();
+    if (window.__statusSeen[window.__statusSeen.length - 1] !== t) window.__statusSeen.push(t);
+  };
+  new MutationObserver(record).observe(el, {subtree: true, childList: true, characterData: true});
+  record();
+}"""
+TABS = ("Data", "Train", "Chat", "Runs", "Compare")
+
+
+def data_field(page):
+    return page.locator("#data textarea, #data input").first
+
+
+def test_every_phase_is_named_stop_says_so_and_then_the_page_goes_quiet(app_url, page, style_pairs):
+    url, _ = app_url
+    page.goto(url)
+    page.locator("#data-upload input[type=file]").set_input_files(str(style_pairs))
+    expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
+    open_tab(page, "Train")
+    set_number(page, "max-steps", 40)
+    set_number(page, "eval-steps", 1)  # an evaluation after every step: the phase must say so
+    set_number(page, "max-length", 64)
+    set_number(page, "lora-r", 8)
+    # All 12 pairs held out too, so an evaluation lasts long enough to be seen between two polls.
+    eval_box = page.locator("#eval-data textarea, #eval-data input").first
+    eval_box.fill(str(style_pairs))
+    eval_box.press("Tab")
+    page.evaluate(STATUS_LOG_JS)
+    page.locator("#start-btn").click()
+    status = page.locator("#train-status")
+    try:
+        page.wait_for_function(r"() => window.__statusSeen.some(t => /evaluating \d+\/\d+ held-out pairs/.test(t))",
+                               timeout=STEP_TIMEOUT_MS, polling=100)
+    except Exception:
+        print("status lines seen:", page.evaluate("() => window.__statusSeen"))
+        raise
+    page.locator("#stop-btn").click()
+    expect(status).to_contain_text("stopping", ignore_case=True, timeout=5_000)  # said at once, not a step later
+    expect(status).to_contain_text("stopped", ignore_case=True, timeout=STEP_TIMEOUT_MS)
+    seen = page.evaluate("() => window.__statusSeen")
+    print("\nstatus lines seen:\n  " + "\n  ".join(seen))
+    assert any("loading the model" in t or "preparing data" in t for t in seen), seen
+    assert any(re.search(r"step \d+/40", t) and "training" in t.lower() for t in seen), seen
+    expect(page.locator("#start-btn")).to_be_enabled(timeout=10_000)
+
+    # An open page after the run: it only looks, rarely, for a run started elsewhere.
+    page.wait_for_timeout(3_000)
+    sent = []
+    page.on("request", lambda r: sent.append((time.time(), r.method, r.url)))
+    window = 30.0
+    page.wait_for_timeout(window * 1000)
+    print(f"idle page: {len(sent)} requests in {window:.0f} s: " + ", ".join(sorted({u.split('?')[0].rsplit('/', 2)[-1]
+                                                                                   for _, _, u in sent})))
+    assert len(sent) <= window / 3, sent  # at most one request every 3 s on average
+
+
+def test_a_preset_keeps_the_data_the_user_chose(app_url, page, style_pairs):
+    url, _ = app_url
+    page.goto(url)
+    page.locator("#data-upload input[type=file]").set_input_files(str(style_pairs))
+    expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
+    open_tab(page, "Train")
+    uploaded = data_field(page).input_value()
+    assert "uploads" in uploaded
+    page.locator("#preset input").click()
+    page.get_by_role("option", name=re.compile(r"^twin-style-cpu")).click()
+    expect(page.get_by_text("Kept your training data").first).to_be_visible(timeout=10_000)
+    expect(page.locator("#max-length input[type=number]")).to_have_value("256")  # the preset did apply
+    assert data_field(page).input_value() == uploaded
+
+
+def test_on_a_phone_start_is_on_the_first_screen_and_the_chat_panes_stay_side_by_side(app_url):
+    url, _ = app_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page = phone.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        for name in TABS:  # every tab on the bar, none hidden behind an overflow menu
+            expect(page.get_by_role("tab", name=name)).to_be_visible()
+        open_tab(page, "Train")
+        for elem in ("#start-btn", "#train-status"):
+            box = page.locator(elem).bounding_box()
+            assert box["y"] + box["height"] <= 844, (elem, box)
+        expect(page.locator("#train-status")).to_contain_text("Start is enough")  # the landing line
+        chart = page.locator("#loss-chart").bounding_box()
+        assert chart["width"] >= 300, chart  # full width, not half of a row
+        open_tab(page, "Chat")
+        left, right = (page.locator(p).bounding_box() for p in ("#chat-baseline", "#chat-tuned"))
+        assert abs(left["y"] - right["y"]) < 4 and left["x"] + left["width"] <= right["x"] + 1, (left, right)
+        browser.close()

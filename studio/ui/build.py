@@ -46,7 +46,8 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
         gr.Markdown(HEADER, elem_id="ds-header")
         if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
             gr.LoginButton()
-        with gr.Tabs() as tabs:
+        # "wrap": on a phone every tab stays visible on a second line instead of hiding behind "⋯".
+        with gr.Tabs(overflow_behavior="wrap") as tabs:
             data = DataTab(services)
             train = TrainTab(default_preset)
             chat = ChatTab(services)

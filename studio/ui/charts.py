@@ -39,9 +39,9 @@ def rolling_mean(values: list[float], window: int = SMOOTH_WINDOW) -> list[float
 WAITING = "waiting for the first logged step"
 
 
-def _figure(title: str, ytitle: str, empty_text: str | None, height: int = 260) -> go.Figure:
+def _figure(title: str, ytitle: str, empty_text: str | None, height: int = 290) -> go.Figure:
     fig = go.Figure()
-    axis = dict(gridcolor=GRID, zerolinecolor=AXIS, linecolor=AXIS, showline=True, ticks="")
+    axis = dict(gridcolor=GRID, zerolinecolor=AXIS, linecolor=AXIS, showline=True, ticks="", automargin=True)
     fig.update_layout(
         # No plotly template: it would add ~7 KB to every live update of every chart.
         template="none",
@@ -50,14 +50,17 @@ def _figure(title: str, ytitle: str, empty_text: str | None, height: int = 260) 
         font=dict(family="system-ui, -apple-system, Segoe UI, sans-serif", size=12, color="#334155"),
         title=dict(text=title, x=0.01, font=dict(size=14)),
         height=height,
-        margin=dict(l=56, r=12, t=40, b=40),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1, font=dict(size=11)),
+        # The legend sits under the plot: beside the title it overlapped long titles once eval points appeared.
+        margin=dict(l=56, r=16, t=40, b=8),
+        legend=dict(orientation="h", yanchor="top", y=-0.28, xanchor="left", x=0, font=dict(size=11)),
         xaxis=dict(title=dict(text="step"), rangemode="tozero", **axis),
         yaxis=dict(title=dict(text=ytitle), **axis),
         hovermode="x unified",
         uirevision="keep",  # a zoom the user set survives the live updates
     )
-    if empty_text:
+    if empty_text:  # fixed ranges: plotly's default empty axes run from -1 and crowd their tick labels
+        fig.update_xaxes(range=[0, 10])
+        fig.update_yaxes(range=[0, 1])
         fig.add_annotation(text=empty_text, showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.5, font=dict(color="#94a3b8"))
     return fig
@@ -104,18 +107,10 @@ def accuracy_figure(rows: list[dict]) -> go.Figure:
     return fig
 
 
-def _legend_below(fig: go.Figure) -> go.Figure:
-    """Four traces do not fit beside the title: their legend goes under the plot."""
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0),
-                      margin=dict(b=8), height=300)
-    return fig
-
-
 def _chosen_rejected(rows: list[dict], title: str, ytitle: str, key: str) -> go.Figure:
     """`key`/chosen against `key`/rejected, train lines and eval points."""
     train, evals = split_rows(rows)
-    fig = _figure(title, ytitle, None if train else WAITING)
-    _legend_below(fig)
+    fig = _figure(title, ytitle, None if train else WAITING, height=310)
     _line(fig, train, f"{key}/chosen", "chosen", CHOSEN)
     _line(fig, train, f"{key}/rejected", "rejected", REJECTED)
     _line(fig, evals, f"eval_{key}/chosen", "eval chosen", CHOSEN, dash="dot", marker_symbol="diamond")

@@ -84,7 +84,7 @@ class ChatTab:
                 self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
             self.status = gr.Markdown("Pick a run and send a prompt: the base model loads on the first message.",
                                       elem_id="chat-status", elem_classes="ds-caption")
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=True, elem_id="chat-panes"):
                 self.baseline = gr.Chatbot(label="SFT baseline (adapter off)", elem_id="chat-baseline", height=440,
                                            feedback_options=None, buttons=["copy"])
                 self.tuned = gr.Chatbot(label="DPO (the run's adapter on)", elem_id="chat-tuned", height=440,

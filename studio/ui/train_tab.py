@@ -29,6 +29,8 @@ from .status import STATUS_CSS, error_html, status_html
 
 POLL_SECONDS = 0.5  # a logged metric reaches the charts within this plus one round trip (< 2 s)
 IDLE_SECONDS = 5.0  # with nothing running a page only looks for a run started elsewhere: cheap on 2 cores
+QUIET_SECONDS = 15.0  # ... and slower still once a few looks found nothing new
+QUIET_AFTER = 3  # idle ticks without a change before the page slows to QUIET_SECONDS
 CHART_IDS = {"loss": "loss-chart", "margins": "margins-chart", "accuracy": "accuracy-chart",
              "rewards": "rewards-chart", "logps": "logps-chart"}
 
@@ -89,15 +91,16 @@ class TrainTab:
         self.qlora_problem = qlora_problem()
 
         with gr.Tab("Train", id="train") as self.tab:
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=2, min_width=260):
+            with gr.Row(equal_height=False, elem_id="train-top"):
+                with gr.Column(scale=2, min_width=260, elem_id="train-preset"):
                     self.preset = gr.Dropdown(
                         [(self._preset_label(n), n) for n in preset_names()], value=preset.name, label="Preset",
                         info="fills every setting below", elem_id="preset")
-                with gr.Column(scale=5):
+                with gr.Column(scale=5, elem_id="train-card"):
                     self.card = gr.Markdown(card_markdown(preset), elem_classes="ds-card")
-            # Start and the status come first, so on a phone they are on the first screen, above every setting.
-            with gr.Row():
+            # Start and the status come before every setting; on a phone (studio.css) even before the card, so
+            # they are on the first screen.
+            with gr.Row(elem_id="train-actions"):
                 self.start = gr.Button("Start training", variant="primary", elem_id="start-btn", min_width=140)
                 self.stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", interactive=False, min_width=100)
             self.status = gr.HTML(status_html(None), elem_id="train-status", css_template=STATUS_CSS, js_on_load=None)
@@ -106,7 +109,7 @@ class TrainTab:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=320):
                     self._settings(cfg)
-                with gr.Column(scale=7, min_width=320):
+                with gr.Column(scale=7, min_width=320, elem_classes="ds-charts"):
                     self.charts: dict[str, gr.Plot] = {}
                     empty = charts.training_figures([])
                     with gr.Row():
@@ -154,6 +157,9 @@ class TrainTab:
         gr.on([f[n].change for n in note_inputs], self.method_note_for, inputs_kwargs={n: f[n] for n in note_inputs},
               outputs=self.method_note, show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         f["method"].input(self.warn_qlora, inputs=f["method"], api_visibility="private")
+        # A "not started" message answers the settings it was given: changing any setting takes it away.
+        gr.on([w.input for w in f.values()], self.clear_refusal, inputs=self.view, outputs=self.poll_outputs,
+              show_progress="hidden", trigger_mode="always_last", api_visibility="private", concurrency_limit=None)
         eval_inputs = ["data", "eval_data", "eval_fraction", "seed"]
         gr.on([f[n].change for n in eval_inputs], self.eval_note_for, inputs_kwargs={n: f[n] for n in eval_inputs},
               outputs=self.eval_note, show_progress="hidden", trigger_mode="always_last", api_visibility="private")
@@ -219,7 +225,8 @@ class TrainTab:
         if method == "qlora" and self.qlora_problem:
             gr.Warning(self.qlora_problem, title="QLoRA unavailable")
 
-    @user_errors("Cannot start", lambda self, message: {self.status: error_html(message)})
+    # The refusal stays on screen (the idle poll leaves it alone) until the user changes a setting.
+    @user_errors("Cannot start", lambda self, message: {self.status: error_html(message), self.view: {"error": True}})
     def start_training(self, request: gr.Request = None, **values) -> dict:
         require_user(request, "start training")
         preset = values.pop("preset", None)
@@ -248,6 +255,8 @@ class TrainTab:
         """One timer tick: follow the active job (or the run the page shows); send only what changed."""
         view = dict(view or {})
         job = TrainingJob.active()
+        if view.get("error") and job is None:
+            return {}
         run_id = view.get("run")
         if job is not None and job.run.id != run_id:
             run_id = job.run.id  # a run started elsewhere (another browser, the API): follow it
@@ -259,7 +268,10 @@ class TrainTab:
             if view.get("html") != html:
                 out[self.status] = html
                 out.update({self.charts[k]: fig for k, fig in charts.training_figures([]).items()})
-            out[self.view] = {"html": html}
+            quiet = 0 if out else view.get("quiet", 0) + 1
+            if quiet == QUIET_AFTER:
+                out[self.timer] = gr.Timer(QUIET_SECONDS)
+            out[self.view] = {"html": html, "quiet": quiet}
             return out
 
         live_job = job if job is not None and job.run.id == run_id else None
@@ -276,14 +288,20 @@ class TrainTab:
         html = status_html(progress)
         if html != view.get("html"):
             out[self.status] = html
+        quiet = 0 if live or out else view.get("quiet", 0) + 1
         if live != view.get("live"):
             out[self.start] = gr.Button(interactive=not live)
             out[self.stop] = gr.Button(interactive=live)
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
+        elif quiet == QUIET_AFTER:
+            out[self.timer] = gr.Timer(QUIET_SECONDS)
         if view.get("run") and (run_id != view.get("run") or (state != view.get("state") and not live)):
             out[self.runs_changed] = f"{run_id}:{state}"
-        out[self.view] = {"run": run_id, "rows": seen, "state": state, "live": live, "html": html}
+        out[self.view] = {"run": run_id, "rows": seen, "state": state, "live": live, "html": html, "quiet": quiet}
         return out
+
+    def clear_refusal(self, view: dict | None) -> dict:
+        return self.poll({}) if (view or {}).get("error") else {}
 
     def on_load(self) -> dict:
         """A fresh page: show the active job (its settings too) or the newest run, with its whole history."""
