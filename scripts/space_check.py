@@ -177,7 +177,7 @@ def text_of(message: dict) -> str:
     return str(content or "")
 
 
-def chat(client, run_id: str, tokens: int = 8) -> dict:
+def chat(client, run_id: str, tokens: int = 16) -> dict:  # 16: the Chat tab's least
     client.predict(None, api_name="/chat_runs")  # this session's run list, as the tab's refresh gives it
     started = time.time()
     _, baseline, tuned, status = client.predict(PROMPT, run_id, [], [], tokens, 0, 0.9, api_name="/chat")
