@@ -54,11 +54,12 @@ def check_job(kind: str, title: str = "") -> None:
     """Refuse a long job on ZeroGPU (NeedsDedicatedGPU), before it takes the slot or writes anything."""
     if not ACTIVE or kind in CPU_JOBS:
         return
-    what = {"train": "Training", "sweep": "A sweep", "evaluate": "Evaluation", "grid": "A probe grid"}.get(
-        kind, f"This job ({title or kind})")
+    what, one = {"train": ("Training", "a training run"), "sweep": ("A sweep", "a sweep"),
+                 "evaluate": ("Evaluation", "an evaluation"), "grid": ("A probe grid", "a probe grid")}.get(
+        kind, (f"This job ({title or kind})", "a long job"))
     raise NeedsDedicatedGPU(
         f"{what} needs dedicated GPU hardware. This Space runs on ZeroGPU, which lends a GPU for at most "
-        f"{GPU_SECONDS} s per call: enough for a chat turn, not for a {kind} job, which would be cut off. "
+        f"{GPU_SECONDS} s per call: enough for a chat turn, not for {one}, which would be cut off. "
         "Duplicate the Space and choose a GPU in its Settings → Hardware (t4-small suits the default model), "
         "or run the studio on your own machine. Chat and reading runs work here."
     )
