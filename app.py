@@ -20,6 +20,7 @@ from pathlib import Path
 # sys.path: Unsloth's wheel installs an unrelated top-level package named `studio` into site-packages.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from studio import zerogpu  # noqa: E402,F401 - on a ZeroGPU Space, `spaces` is imported before anything touches CUDA
 from studio.backends import early_import  # noqa: E402 - after the path fix
 
 early_import()  # before transformers and PEFT load, so Unsloth's patches apply (a no-op without CUDA + Unsloth)

@@ -2,19 +2,22 @@
 
 Each run's adapter is attached to the same base model under the run's id. Both panes answer in
 one batched `generate`, rows routed by PEFT's per-row `adapter_names` ("__base__" = adapter off),
-so the weights are read once per token for both answers.
+so the weights are read once per token for both answers. Every generation goes through
+`_generate_on_gpu`, which runs under `@spaces.GPU` on a ZeroGPU Space (studio.zerogpu) and as a plain call elsewhere.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import zerogpu
 from .models import NO_ADAPTER as BASE
 
 
@@ -75,13 +78,15 @@ class ChatEngine:
 
         device = device or detect_hardware().device
         self.model_spec = model_spec
-        self.model, self.tokenizer = load_base(model_spec, device, dtype or chat_dtype(device))
+        self.dtype = dtype or chat_dtype(device)
+        self.model, self.tokenizer = load_base(model_spec, device, self.dtype)
         self.device = next(self.model.parameters()).device
         self.adapters: dict[str, Path] = {}
         # Base-model answers by (prompts, settings), kept by studio.evaluate: the base weights never change in an
         # engine, so a sweep's evaluations and its probe grid generate the baseline column once.
         self.baseline_answers: dict = {}
         self._lock = threading.Lock()  # one generate at a time: two would halve each other's speed
+        _engines[id(self)] = self
 
     # --- adapters ---
     def attach(self, adapter_dir: str | Path, name: str) -> str:
@@ -114,6 +119,17 @@ class ChatEngine:
         answer ended on its own (EOS), False where it was cut at max_new_tokens.
         """
         settings = settings or GenerationSettings()
+        done = [False] * len(conversations)
+        used = {a: str(self.adapters[a]) for a in adapters if a in self.adapters}
+        for texts, done in _generate_on_gpu(id(self), self.model_spec, self.dtype, used, conversations, adapters,
+                                            settings):
+            yield texts
+        if finished is not None:
+            finished[:] = done
+
+    def _stream_here(self, conversations: list[list[dict]], adapters: list[str | None],
+                     settings: GenerationSettings) -> Iterator[tuple[list[str], list[bool]]]:
+        """The generation loop in this process: every row's text so far, and which rows have ended (EOS)."""
         rows = len(conversations)
         ids = [self.prompt_ids(c) for c in conversations]
         width = max(len(i) for i in ids)
@@ -159,14 +175,12 @@ class ChatEngine:
                     continue
                 tokens[r].append(tok)
             texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
-            yield texts
+            yield texts, list(done)
         # generate() returns right after the streamer's end; wait for it, or a process that exits now
         # kills a thread still inside torch ("terminate called without an active exception").
         worker.join()
         if errors:
             raise errors[0]
-        if finished is not None:
-            finished[:] = done
 
     def stream_pair(self, baseline: list[dict], tuned: list[dict], adapter: str,
                     settings: GenerationSettings | None = None,
@@ -181,3 +195,28 @@ class ChatEngine:
         for texts in self.stream([messages], [adapter], settings):
             text = texts[0]
         return text
+
+
+# The live engines by id, for `_generate_on_gpu`, which is handed the id rather than the engine (see below).
+_engines: "weakref.WeakValueDictionary[int, ChatEngine]" = weakref.WeakValueDictionary()
+_rebuilt: dict[int, ChatEngine] = {}  # in a ZeroGPU worker forked before its engine existed: the copy it loaded
+
+
+@zerogpu.gpu()
+def _generate_on_gpu(engine_id: int, model_spec: str, dtype, adapter_dirs: dict[str, str],
+                     conversations: list[list[dict]], adapters: list[str | None],
+                     settings: GenerationSettings) -> Iterator[tuple[list[str], list[bool]]]:
+    """One batched generation, on the GPU that ZeroGPU lends for this call; a plain call everywhere else.
+
+    On ZeroGPU this runs in a worker process forked from the server, and its arguments arrive pickled: an
+    engine (its model, its lock) cannot travel, so the worker finds it by id in its copy of the server's
+    memory. A worker kept from an earlier call was forked before a newer engine or adapter existed: it loads
+    the engine or attaches the adapter from disk.
+    """
+    engine = _engines.get(engine_id) or _rebuilt.get(engine_id)
+    if engine is None:
+        _rebuilt.clear()
+        engine = _rebuilt[engine_id] = ChatEngine(model_spec, dtype=dtype)
+    for name, path in adapter_dirs.items():
+        engine.attach(path, name)
+    yield from engine._stream_here(conversations, adapters, settings)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import zerogpu
 from .config import studio_home
 from .errors import JobBusy, user_message
 
@@ -159,6 +160,7 @@ class Job:
     # --- control ---
     def start(self) -> "Job":
         """Take the slot (JobBusy when taken), run `before_start()` in the caller, then work in a thread."""
+        zerogpu.check_job(self.kind, self.title)  # on ZeroGPU only chat-sized GPU work runs: refuse before anything is written
         _acquire(self)
         try:
             self.started_at = time.time()

@@ -64,6 +64,8 @@ def model_shape(spec: str, wait: bool = True) -> Shape | None:
     With wait=False an embedded model not yet converted gives None until `warm_up()` has read its GGUF header.
     """
     try:
+        if _is_embedded(spec) and not _converted_config().is_file() and not _embedded_installed():
+            spec = _embedded_hub_id()  # requirements.txt alone (a Space): the hub copy's config, once it is cached
         if _is_embedded(spec):
             if wait or _embedded_shape.cache_info().currsize:
                 return _embedded_shape()
@@ -88,6 +90,18 @@ def _is_embedded(spec: str) -> bool:
     return is_embedded(spec)
 
 
+def _embedded_installed() -> bool:
+    from studio.models import embedded_installed
+
+    return embedded_installed()
+
+
+def _embedded_hub_id() -> str:
+    from studio.models import EMBEDDED_HUB_ID
+
+    return EMBEDDED_HUB_ID
+
+
 def _converted_config() -> Path:
     from studio.config import studio_home
     from studio.models import EMBEDDED_NAME
@@ -97,7 +111,8 @@ def _converted_config() -> Path:
 
 def warm_up() -> None:
     """Read the embedded model's shape in the background: parsing the GGUF file takes seconds on a busy CPU."""
-    threading.Thread(target=_embedded_shape, name="embedded-shape", daemon=True).start()
+    if _embedded_installed():  # without the package there is no GGUF to read (model_shape reads the hub cache)
+        threading.Thread(target=_embedded_shape, name="embedded-shape", daemon=True).start()
 
 
 @functools.cache

