@@ -1,6 +1,7 @@
 """Screenshots of each tab of the web app, from a real run, and the UI timings measured on the way.
 
     python assets/make_screenshots.py                       # writes assets/screenshot-{data,train,chat,runs,compare}.png
+                                                            # and screenshot-<tab>-phone.png (390x844, first screen)
     python assets/make_screenshots.py --steps 20 --model-cache studio_home/models
 
 Needs playwright (pip install -r requirements-dev.txt) and a chromium at /usr/bin/chromium. It runs the
@@ -50,6 +51,28 @@ def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Tab")
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def phone_shot(browser, url: str, tab: str, path: Path, chat: str | None = None) -> None:
+    """The first screen of a tab on a phone, in a fresh page (what a phone sees after a reload)."""
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    page.get_by_role("tab", name=tab).click()
+    page.wait_for_timeout(1500)
+    if chat:
+        page.locator("#chat-input textarea").fill(chat)
+        page.locator("#chat-send").click()
+        page.locator("#chat-send").wait_for(state="visible")
+        page.wait_for_function("() => document.querySelector('#chat-status').innerText.includes('Answered')",
+                               timeout=600_000)
+        page.locator("#chat-panes").scroll_into_view_if_needed()
+    page.screenshot(path=str(path))
+    context.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             timings["two-run sweep incl. evaluation and grid (s)"] = round(time.time() - t0, 1)
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out / "screenshot-compare.png"), full_page=True)
+            for tab in ("Data", "Train", "Runs", "Compare"):
+                phone_shot(browser, url, tab, out / f"screenshot-{tab.lower()}-phone.png")
+            phone_shot(browser, url, "Chat", out / "screenshot-chat-phone.png",
+                       chat="Any tips for writing a cover letter?")
             browser.close()
     finally:
         demo.close()

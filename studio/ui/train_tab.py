@@ -18,7 +18,7 @@ from studio.access import require_user
 from studio.data import check_sources, eval_source
 from studio.files import check_data_source
 from studio.errors import ConfigError
-from studio.models import EMBEDDED
+from studio.models import EMBEDDED, resolve_model
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
 from studio.training import TrainingJob
 
@@ -232,6 +232,7 @@ class TrainTab:
         preset = values.pop("preset", None)
         cfg = web_data(config_from_widgets(values))
         check_sources(cfg)
+        resolve_model(cfg.model)  # a model that cannot be had here is refused before a run folder exists
         job = TrainingJob(cfg, preset=preset or None).start()
         progress = job.progress()
         return {self.status: status_html(progress), self.view: {"run": job.run.id, "rows": 0, "state": progress["state"]},
