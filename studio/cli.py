@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .distributed import world_size
+
+    if world_size() > 1 and args.func is not cmd_train:  # each process would do the whole command on its own
+        print("error: only `train` runs as several processes (torchrun / accelerate launch); run this command "
+              "as one process", file=sys.stderr)
+        return 2
     if getattr(args, "func", None) in (cmd_train, cmd_sweep):
         from .backends import early_import
 
@@ -279,16 +285,22 @@ def cmd_train(args) -> int:
     if args.quiet:
         _quiet_libraries()
 
+    from .distributed import is_main
     from .jobs import wait_for_slot
     from .runs import mark_interrupted
     from .training import TrainingJob, check_run
 
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    main_process = is_main()  # launched as several processes, only the main one reports (and owns the run)
+    if not main_process:
+        say, args.quiet = (lambda message: None), True
+        _quiet_libraries()
     say("checking the data and the model…")
     explicit = {pair.partition("=")[0].strip() for pair in args.overrides}  # they win over fitting to the card
     job = TrainingJob(cfg, run_dir=args.out, preset=preset.name, explicit=explicit)
     check_run(job.config)  # a bad file, model or setting: exit 2 before any run folder exists
-    mark_interrupted()
+    if main_process:
+        mark_interrupted()
     wait_for_slot(job, say=say)
     say(f"run folder: {job.run.path}")
     try:
@@ -297,8 +309,10 @@ def cmd_train(args) -> int:
         _stop_and_save(job, say)
     p = job.progress()
     if job.state == "failed":
-        say(f"error: training failed: {job.error}\n(details: {job.run.path / 'error.log'})")
+        print(f"error: training failed: {job.error}\n(details: {job.run.path / 'error.log'})", file=sys.stderr)
         return 1
+    if not main_process:
+        return 130 if job.state == "stopped" else 0
     last = next((m for m in reversed(job.metrics.since(0)) if "rewards/margins" in m), {})
     print(f"{job.state}: {p['step']} steps in {p['elapsed']:.0f}s; "
           f"last loss {last.get('loss', float('nan')):.4f}, margins {last.get('rewards/margins', float('nan')):.4f}; "

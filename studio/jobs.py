@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import zerogpu
+from . import distributed, zerogpu
 from .config import studio_home
 from .errors import JobBusy, user_message
 
@@ -79,6 +79,10 @@ def _acquire(job: "Job") -> None:
     with _lock:
         if _active is not None and _active is not job and _active._claimed:
             raise JobBusy(_busy_message(_active.describe()))
+        if not distributed.is_main():  # one of several processes of a run: the main one holds the slot for all
+            _active, _fd = job, None
+            job._claimed = True
+            return
         path = lock_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

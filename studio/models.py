@@ -293,7 +293,9 @@ def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-        kwargs["device_map"] = {"": 0}
+        from .distributed import local_rank
+
+        kwargs["device_map"] = {"": local_rank()}  # each process of a multi-GPU run on its own card
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if cfg.method == "qlora":

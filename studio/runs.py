@@ -122,6 +122,7 @@ class Run:
     """A run folder on disk."""
 
     path: Path
+    writes: bool = True  # False in the other processes of a multi-process run: only the main one writes
 
     @property
     def id(self) -> str:
@@ -141,6 +142,8 @@ class Run:
 
     # --- config ---
     def write_config(self, cfg: RunConfig, **extra) -> None:
+        if not self.writes:
+            return
         body = {**cfg.to_dict(), **({"_run": extra} if extra else {})}
         _atomic_write(self.path / "config.yaml", yaml.safe_dump(body, sort_keys=False))
 
@@ -161,6 +164,8 @@ class Run:
     # --- status ---
     def write_status(self, **fields) -> dict:
         status = {**self.status(), **fields, "updated": time.time()}
+        if not self.writes:
+            return status
         _atomic_write(self.path / "status.json", json.dumps(status, indent=2))
         return status
 
@@ -179,6 +184,8 @@ class Run:
 
     # --- data, metrics, eval ---
     def write_json(self, name: str, value) -> None:
+        if not self.writes:
+            return
         _atomic_write(self.path / name, json.dumps(value, indent=2))
 
     def read_json(self, name: str):

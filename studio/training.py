@@ -23,6 +23,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from . import distributed
 from .config import Hardware, RunConfig, detect_hardware, resolve_for_hardware
 from .errors import ConfigError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
 from .jobs import Job, active as active_job
@@ -84,6 +85,7 @@ class TrainingJob(Job):
         self._eval_in_step = 0.0
         self._eval_count = 0
         self._stopped_at: float | None = None
+        self._trainer = None  # the trainer being run (saving gathers weights through its accelerator)
 
     @classmethod
     def active(cls) -> "TrainingJob | None":
@@ -99,10 +101,13 @@ class TrainingJob(Job):
 
     # --- lifecycle ---
     def before_start(self) -> None:
-        self.run = Run(claim_run_dir(self._run_dir, self._label))
+        # Launched as several processes (torchrun, accelerate): the main one claims the folder, the rest share it.
+        path = distributed.from_main(lambda: claim_run_dir(self._run_dir, self._label))
+        self.run = Run(path, writes=distributed.is_main())
         self.title = f"training run {self.run.id}"
-        self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
-        self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name)
+        self.metrics = MetricsLog(self.run.path / "metrics.jsonl" if self.run.writes else None)
+        self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name,
+                              **distributed.describe())
         self._set("queued", started=self.started_at)
 
     def stop(self) -> None:
@@ -160,15 +165,17 @@ class TrainingJob(Job):
             if finished_all or not self._stop.is_set():
                 self._final_eval(trainer)
             self._set("saving", "saving the adapter")
-            save_adapter(trainer.model, self.run.adapter_dir)
+            self._save_adapter(trainer, trainer.model)
             self.last_snapshot = self.step
             stopped = self._stop.is_set() and not finished_all
             self._set("stopped" if stopped else "done", finished=time.time())
         except BaseException as e:  # noqa: BLE001 - the run must end in a state, whatever went wrong
             self.error = self.error or failure_message(e)
-            if self.run.path.is_dir():
+            if self.run.writes and self.run.path.is_dir():
                 (self.run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-                if trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining):
+                # A sharded model cannot be gathered here: the other processes may not be failing with this one.
+                if (trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining)
+                        and not distributed.sharded(trainer)):
                     try:  # never lose work: keep what was trained up to the failure, if it is sound
                         if adapter_is_finite(trainer.model):
                             save_adapter(trainer.model, self.run.adapter_dir)
@@ -189,8 +196,8 @@ class TrainingJob(Job):
             from .memory import halve_batch
 
             halved = halve_batch(self.config.per_device_train_batch_size, self.config.gradient_accumulation_steps)
-            if not self.hardware.cuda or self.step > 0 or halved is None:
-                raise
+            if not self.hardware.cuda or self.step > 0 or halved is None or distributed.world_size() > 1:
+                raise  # several processes: one retrying alone would leave the others waiting
             note = (f"CUDA ran out of memory with {self.config.per_device_train_batch_size} pairs a device ({e}); "
                     f"retrying once with {halved[0]} pairs x {halved[1]} accumulation")
             (self.run.path / "run.log").open("a", encoding="utf-8").write(note + "\n")
@@ -204,6 +211,12 @@ class TrainingJob(Job):
             self._set("training", "training")
             trainer.train()
             return trainer
+
+    def _save_adapter(self, trainer, model) -> None:
+        """Every process calls it (weights sharded across processes are gathered first); the main one writes."""
+        model, state_dict = distributed.for_saving(trainer, model)
+        if self.run.writes:
+            save_adapter(model, self.run.adapter_dir, state_dict=state_dict)
 
     def _fail(self, error: StudioError, control) -> None:
         self.error, self._failure = str(error), error
@@ -222,7 +235,10 @@ class TrainingJob(Job):
         What was chosen and why is recorded in config.yaml."""
         from .backends import choose_backend
 
-        backend, why = choose_backend(cfg.backend, self.hardware, _planned(cfg, train_pairs))
+        if distributed.world_size() > 1 and cfg.backend == "auto":
+            backend, why = "transformers", "several processes: Unsloth's multi-GPU training is not tested with the studio"
+        else:
+            backend, why = choose_backend(cfg.backend, self.hardware, _planned(cfg, train_pairs))
         choice: dict = {"chosen_backend": backend, "backend_reason": why}
         if self.hardware.cuda and not getattr(self, "_oom_retry", False):
             from .memory import fit_run, free_gpu_gb
@@ -246,12 +262,19 @@ class TrainingJob(Job):
         self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train),
                                           "eval_pairs": len(held_out), "eval_source": eval_source(cfg)})
         self._set("loading", "loading the model")
-        cfg, choice = self._choose_backend_and_size(cfg, data, len(train))
+        # Decided once, by the main process: every process must fit the same batch and take the same steps.
+        cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, len(train)))
+        self.config = cfg
         loaded = load_for_training(cfg, self.hardware, backend=choice["chosen_backend"])
-        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice)
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **distributed.describe())
         self.eval_pairs = len(held_out)
-        return build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
-                             output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self), *self.callbacks])
+        trainer = build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
+                                output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self), *self.callbacks])
+        # Again with what accelerate set up: its process count shows whether the processes really trained together.
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice,
+                              **distributed.describe(trainer))
+        self._trainer = trainer
+        return trainer
 
 
 def failure_message(e: BaseException) -> str:
@@ -282,6 +305,8 @@ def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: b
         output_dir=str(output_dir),
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         fp16=False,
+        # On a machine without CUDA say so: else accelerate sees no multi-process (MULTI_CPU) setup under torchrun.
+        use_cpu=not detect_hardware().cuda,
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps or None,
         save_strategy="no",  # the job saves the adapter itself, without the frozen "ref" copy
@@ -325,10 +350,11 @@ def adapter_is_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def save_adapter(model, adapter_dir: Path) -> None:
+def save_adapter(model, adapter_dir: Path, state_dict: dict | None = None) -> None:
     """Save only the trained adapter ("default"), atomically: a crash mid-save leaves the previous snapshot.
 
-    TRL may hold a frozen copy named "ref" beside it, which is left out.
+    TRL may hold a frozen copy named "ref" beside it, which is left out. `state_dict`: the full weights where
+    they were sharded across processes (studio.distributed.for_saving).
     """
     import shutil
 
@@ -337,7 +363,8 @@ def save_adapter(model, adapter_dir: Path) -> None:
     tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     old = adapter_dir.with_name(adapter_dir.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    model.save_pretrained(str(tmp), selected_adapters=["default"],
+                          **({"state_dict": state_dict} if state_dict is not None else {}))
     shutil.rmtree(old, ignore_errors=True)
     if adapter_dir.exists():
         adapter_dir.rename(old)
@@ -347,7 +374,7 @@ def save_adapter(model, adapter_dir: Path) -> None:
 
 def _folder_gone(job: TrainingJob, step: int, control) -> bool:
     """True (and the run failing) when the run folder was removed: nothing more can be written there."""
-    if job.run.path.is_dir():
+    if job.run.path.is_dir() or not job.run.writes:  # another process of a run (maybe on another node) writes nothing
         return False
     job._fail(RunFolderGone(f"The run folder {job.run.path} was removed while the run trained (at step {step}); "
                             "nothing more can be saved."), control)
@@ -410,17 +437,19 @@ class _Recorder(TrainerCallback):
         if job._last_step_end is not None:
             job._step_seconds.append(max(now - job._last_step_end - job._eval_in_step, 0.0))
         job._last_step_end, job._eval_in_step = now, 0.0
-        if _folder_gone(job, job.step, control):
-            return
-        if job.error:
+        gone = _folder_gone(job, job.step, control)
+        # Several processes leave the loop at the same step, whichever of them failed or was told to stop.
+        if distributed.any_process(gone or bool(job.error) or job._stop.is_set()) and not (gone or job.error):
+            job.stop()
+        if gone or job.error:
             return
         snapshot = model is not None and (job.step == 1 or (job.config.save_steps and job.step % job.config.save_steps == 0))
         if job._stop.is_set():
             control.should_training_stop = True
             job._set("training", "stopping after this step")
         elif snapshot:
-            if adapter_is_finite(model):
-                save_adapter(model, job.run.adapter_dir)
+            if not distributed.any_process(not adapter_is_finite(model)):  # sharded weights: each checks its shard
+                job._save_adapter(job._trainer, model)
                 job.last_snapshot = job.step
             else:
                 kept = f"step {job.last_snapshot}" if job.last_snapshot else "none was saved"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import memory
+from studio import distributed, memory
 from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
 from studio.access import require_user
 from studio.data import check_sources, eval_source
@@ -122,6 +122,7 @@ class TrainTab:
                         self._chart("rewards", empty)
                     with gr.Row():
                         self._chart("logps", empty)
+            self._several_gpus(preset.name, cfg)
             # Per browser session: which run the page shows and what it last drew (so idle ticks send nothing).
             self.view = gr.State({})
             # Changes whenever a run starts or ends: the Chat and Runs tabs refresh on it.
@@ -135,6 +136,36 @@ class TrainTab:
 
     def _chart(self, name: str, figures: dict) -> None:
         self.charts[name] = gr.Plot(figures[name], elem_id=CHART_IDS[name], show_label=False, min_width=200)
+
+    def _several_gpus(self, preset: str, cfg: RunConfig) -> None:
+        """A read-only command that trains the current settings on several GPUs, headless, into this STUDIO_HOME."""
+        import torch
+
+        with gr.Accordion("Train on several GPUs", open=False, elem_id="several-gpus"):
+            gr.Markdown("On one GPU, press Start. On several GPUs or nodes, run this command in a terminal on "
+                        "that machine: the run appears under Runs like any other. DeepSpeed needs "
+                        "`pip install deepspeed`; ZeRO-3 and FSDP shard a model that does not fit one card.",
+                        elem_classes="ds-caption")
+            gpus = max(2, torch.cuda.device_count())
+            with gr.Row():
+                self.gpus = gr.Number(gpus, label="GPUs per node", precision=0, minimum=1, maximum=64)
+                self.nodes = gr.Number(1, label="Nodes", precision=0, minimum=1, maximum=1024)
+                self.strategy = gr.Dropdown([(text, key) for key, text in distributed.STRATEGIES.items()],
+                                            value="torchrun", label="How the GPUs share the work")
+            shown = {k: widget_value(k, v) for k, v in cfg.to_dict().items()}
+            self.command = gr.Code(self.launch_command_for(preset, gpus, 1, "torchrun", **shown),
+                                   language="shell", interactive=False, label="Command", elem_id="launch-command")
+
+    def launch_command_for(self, preset, gpus, nodes, strategy, **values) -> str:
+        """The launch command for the form's settings, or what to fix first."""
+        from studio.config import studio_home
+
+        try:
+            cfg = config_from_widgets(values)
+            return distributed.launch_command(cfg, int(gpus or 1), preset=preset, strategy=strategy,
+                                              home=studio_home(), nodes=int(nodes or 1))
+        except (ConfigError, TypeError, ValueError) as e:
+            return f"# fix the settings first: {e}"
 
     def _settings(self, cfg: RunConfig) -> None:
         models = [EMBEDDED] + sorted({load_preset(n).config.model for n in preset_names()} - {EMBEDDED})
@@ -160,6 +191,9 @@ class TrainTab:
         # A "not started" message answers the settings it was given: changing any setting takes it away.
         gr.on([w.input for w in f.values()], self.clear_refusal, inputs=self.view, outputs=self.poll_outputs,
               show_progress="hidden", trigger_mode="always_last", api_visibility="private", concurrency_limit=None)
+        launch_inputs = {"preset": self.preset, "gpus": self.gpus, "nodes": self.nodes, "strategy": self.strategy, **f}
+        gr.on([w.change for w in launch_inputs.values()], self.launch_command_for, inputs_kwargs=launch_inputs,
+              outputs=self.command, show_progress="hidden", trigger_mode="always_last", api_visibility="private")
         eval_inputs = ["data", "eval_data", "eval_fraction", "seed"]
         gr.on([f[n].change for n in eval_inputs], self.eval_note_for, inputs_kwargs={n: f[n] for n in eval_inputs},
               outputs=self.eval_note, show_progress="hidden", trigger_mode="always_last", api_visibility="private")
