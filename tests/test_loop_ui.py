@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from studio.config import PRESETS_DIR
+from studio.errors import AccessError, DataError
+from studio.evaluate import read_prompts
 from studio.pools import get_pool, human, list_pools
 from studio.rounds import lineage
 from studio.runs import get_run
+from studio.ui.loop import prompts_from
 from studio.winrate import measure
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,6 +34,7 @@ QUICK = dict(max_steps=2, max_length=64, lora_r=8, lora_alpha=16, lora_target_mo
              eval_fraction=0.0, eval_steps=0, save_steps=0, learning_rate=1e-3, warmup_steps=0,
              per_device_train_batch_size=2)
 JOB_TIMEOUT = 400  # seconds: a CPU job on 2 busy cores
+LIVE = re.compile("running|queued|loading|training")  # a job's state pill while it runs
 
 
 def updated(output):
@@ -63,6 +68,24 @@ class Clock:
         now, cpu = time.time(), time.process_time()
         print(f"\n{phase}: {now - self.last:.1f} s wall, {cpu - self.cpu:.1f} s CPU", end="")
         self.last, self.cpu = now, cpu
+
+
+def test_prompts_come_from_pasted_lines_a_preset_a_data_file_or_an_upload(studio_home):
+    convs, where = prompts_from("paste", "First?\n\n  Second?  \n", None, None, None)
+    assert convs == [[{"role": "user", "content": "First?"}], [{"role": "user", "content": "Second?"}]]
+    assert where == "2 pasted prompts"
+    convs, where = prompts_from("preset", "", None, "twin-style-cpu", None)
+    assert [c[0]["content"] for c in convs] == read_prompts(PRESETS_DIR / "data" / "twin-style.probes.txt")
+    data = PRESETS_DIR / "data" / "twin-style.jsonl"
+    convs, where = prompts_from("data", "", None, None, str(data))
+    expected = list(dict.fromkeys(json.loads(line)["prompt"] for line in data.read_text().splitlines() if line.strip()))
+    assert [c[-1]["content"] for c in convs] == expected and str(data) in where
+    with pytest.raises(AccessError, match="outside the folders"):
+        prompts_from("data", "", None, None, "/etc/hostname")
+    with pytest.raises(DataError, match="not uploaded through the app"):
+        prompts_from("file", "", str(data), None, None)
+    with pytest.raises(DataError, match="Pick a preset"):
+        prompts_from("preset", "", None, "no-such-preset", None)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +175,18 @@ def test_generate_label_judge_train_round_one_and_its_win_rate_through_the_api(a
     assert f"Win rate of A over B: {expected['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}" in result
     assert f"length-controlled: {expected['lc_win_rate']:.3f}" in result
     assert f"| A | {run_id} | {expected['mean_words_a']:.1f} |" in result
-    assert [row[0] for row in table["data"]] == HELDOUT and {row[3] for row in table["data"]} <= {"A wins", "B wins", "tie"}
+    assert [row[0] for row in table["data"]] == HELDOUT
+    assert {row[3] for row in table["data"]} <= {"A wins", "B wins", "tie"}
+
+    # Stop: a long generation ends after its current batch, and the pool keeps the prompts it answered.
+    many = [f"Tell me one fact about the number {n}." for n in range(48)]
+    client.predict("paste", "\n".join(many), None, "cpu-quickstart", None, "embedded", 2, 0.8, 0.95, 16, 0,
+                   api_name="/generate_pool")
+    assert "Stopping after the current batch" in client.predict(api_name="/stop_generate")
+    status = follow(client, "generate")
+    stopped = list_pools()[0]
+    assert state_of(status) == "stopped" and "stopped early" in status and stopped.id in status
+    assert stopped.info()["state"] == "stopped" and stopped.info()["done"] == len(stopped.candidates()) < len(many)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser at /usr/bin/chromium: apt-get install chromium")
@@ -176,7 +210,7 @@ def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app):
             box.press("Tab")
 
         # 1. Generate a pool from the baseline.
-        page.get_by_role("tab", name="Grow data").click()
+        page.get_by_role("tab", name="Grow pairs").click()
         prompts = page.locator("#gen-prompts textarea")
         if not prompts.is_visible():
             page.locator("#gen-box").get_by_text("1 · Generate a pool").click()
@@ -184,12 +218,15 @@ def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app):
         tokens = page.locator("#gen-max-new-tokens input[type=number]")
         tokens.fill("16")
         tokens.press("Tab")
+        before = {p.id for p in list_pools()}
         page.locator("#gen-start").click()
-        gen_status = page.locator("#gen-status")
+        gen_status = page.locator("#gen-status")  # until the click answers, it shows the latest job of any page
+        expect(gen_status).to_contain_text(LIVE)
         expect(gen_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
-        expect(gen_status).to_contain_text("10 pairs")
         clock("browser: generate")
         pool = list_pools()[0]
+        assert pool.id not in before
+        expect(gen_status).to_contain_text(f"Pool {pool.id}: 10 prompts × 2 answers, 10 pairs")
         assert pool.info()["settings"]["max_new_tokens"] == 16 and len(pool.candidates()) == 10
 
         # 2. The new pool is picked: label 10 pairs blind with the keyboard.
@@ -211,6 +248,7 @@ def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app):
         # 3. Train round 1 from them.
         page.locator("#round-start").click()
         round_status = page.locator("#round-status")
+        expect(round_status).to_contain_text(LIVE)
         expect(round_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
         clock("browser: train round 1")
         run_id = re.search(r"run (\S+)", round_status.inner_text()).group(1)
@@ -228,6 +266,7 @@ def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app):
         tokens.fill("16")
         tokens.press("Tab")
         page.locator("#winrate-start").click()
+        expect(page.locator("#winrate-status")).to_contain_text(LIVE)
         expect(page.locator("#winrate-status")).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
         result = page.locator("#winrate-result")
         expect(result).to_contain_text("Win rate of A over B")

@@ -1,4 +1,4 @@
-"""The DPO Studio web app: six tabs (Data, Train, Chat, Runs, Compare, Grow data) over the headless engine.
+"""The DPO Studio web app: six tabs (Data, Train, Chat, Runs, Compare, Grow pairs) over the headless engine.
 
     from studio.ui import build_app, launch_options
     demo = build_app()

@@ -133,7 +133,7 @@ class DataTab:
                         self.hub_id = gr.Textbox(label="…or a hub dataset id", placeholder="owner/name", scale=3)
                         self.hub_check = gr.Button("Check", scale=1, min_width=80)
                     self.check_train = gr.Button("Check the Train tab's data", size="sm")
-                    with gr.Row(equal_height=True):  # files the Grow data tab wrote from labelled pools
+                    with gr.Row(equal_height=True):  # files the Grow pairs tab wrote from labelled pools
                         self.pool_file = gr.Dropdown(pool_file_choices(), value=None, label="…or a labelled pool's "
                                                      "preference file", scale=3, allow_custom_value=True,
                                                      elem_id="data-pool-file")
@@ -224,7 +224,7 @@ class DataTab:
         except StudioError as e:
             return self._refused(path or "", str(e))
         if not path:
-            gr.Warning("Pick a pool's preference file (write one in the Grow data tab first).")
+            gr.Warning("Pick a pool's preference file (write one in the Grow pairs tab first).")
             return {self.summary: gr.skip()}
         return self.check(path, Columns(), model, max_length, fresh=True, title=f"pool {Path(path).parent.name}")
 

@@ -1,4 +1,4 @@
-"""Grow data tab: generate a pool from your own model, label its pairs blind (or by a rubric or a judge), train the next round.
+"""Grow pairs tab: sample a pool from your own model, label its pairs (blind, a rubric or a judge), train the next round.
 
 Labelling: a person picks a pool and types a name (kept in the browser), then answers "A is better", "B is
 better", "tie", "both bad" or skips, by button or key (1 / 2 / 3 / 0 / s, z to undo). The A/B order is the
@@ -71,7 +71,7 @@ def _quote(text: str) -> str:
 class LabelTab:
     def __init__(self, services: Services | None = None):
         services = services or Services()
-        with gr.Tab("Grow data", id="label") as self.tab:
+        with gr.Tab("Grow pairs", id="label") as self.tab:
             gr.Markdown("Grow a preference data set from your own model: **1** sample answers into a pool, **2** "
                         "label its pairs, **3** train the next round on them, **4** measure the new round's win "
                         "rate over the one before in the **Compare** tab.", elem_classes="ds-caption")
@@ -128,8 +128,8 @@ class LabelTab:
             self.export_status = gr.Markdown(elem_id="label-export-status")
             with gr.Accordion("3 · Train the next round", open=True, elem_id="round-box"):
                 self.next_round = NextRoundBox()
-            gr.Markdown("**4 · Measure:** the **Compare** tab's *Win rate* box sets model A to the new round and model "
-                        "B to the round before it.", elem_classes="ds-caption")
+            gr.Markdown("**4 · Measure:** the **Compare** tab's *Win rate* box sets model A to the new round and "
+                        "model B to the round before it.", elem_classes="ds-caption")
         self._wire()
 
     @property

@@ -129,7 +129,7 @@ class JobBox:
     """Start / Stop, a status line and a timer for one kind of job; subclasses say how to start and what came of it."""
 
     kind = "job"
-    idle = "Nothing started yet."
+    idle = "Nothing started since the app started."
 
     def __init__(self):
         self.job: jobs.Job | None = None  # the latest job this box started (any browser)
@@ -210,7 +210,7 @@ class JobBox:
 
 class GenerateBox(JobBox):
     kind = "generate"
-    idle = "No pool generated from this page yet."
+    idle = "No pool generated since the app started; the pools on disk are in the Pool list below."
 
     def __init__(self, services: Services):
         super().__init__()
@@ -310,7 +310,7 @@ class GenerateBox(JobBox):
 
 class JudgeBox(JobBox):
     kind = "judge"
-    idle = "No judging started from this page yet."
+    idle = "No pool judged since the app started."
 
     def __init__(self, services: Services):
         super().__init__()
@@ -369,7 +369,7 @@ START_FROM = [("the base model (a fresh adapter)", "base"), ("a previous round's
 
 class NextRoundBox(JobBox):
     kind = "train"
-    idle = "No round started from this page yet."
+    idle = "No round started since the app started; the Runs tab lists every run and its lineage."
 
     def __init__(self):
         super().__init__()
@@ -433,7 +433,8 @@ class NextRoundBox(JobBox):
         cfg = next_round_config(pool_id, base, continue_from=parent if start_from == "continue" else None,
                                 include_original=bool(include_original), labeller=labeller)
         check_sources(cfg)
-        return self.launch(TrainingJob(cfg, preset=preset if preset in preset_names() else None))
+        return self.launch(TrainingJob(cfg, preset=preset if preset in preset_names() else None,
+                                       label=f"round{cfg.round}"))
 
     def outcome(self, job) -> str:
         run = job.run

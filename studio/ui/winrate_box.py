@@ -3,7 +3,7 @@
 Each model answers every prompt once, greedily (`studio.winrate.comparison_pool`), into a win-rate pool;
 a rubric or a judge (both orders) labels it, and `studio.winrate.measure` gives wins / ties / losses, the
 win rate with its Wilson 95% interval, the length-controlled win rate and the mean lengths side by side.
-With "people", the pool is labelled blind in the Grow data tab and read back here. The whole measure
+With "people", the pool is labelled blind in the Grow pairs tab and read back here. The whole measure
 runs as one job on the slot; its result is saved in the pool's pool.json, so a reload shows it again.
 """
 
@@ -18,7 +18,9 @@ from studio.chat import GenerationSettings
 from studio.config import PRESETS_DIR
 from studio.errors import ConfigError, EvalError
 from studio.generate import BASELINE_WORDS, resolve_source, round_of
-from studio.label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool, label_with_rubric, load_rubric
+from studio.label import (
+    DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool, label_with_rubric, load_rubric,
+)
 from studio.pools import get_pool, list_pools
 from studio.rounds import lineage
 from studio.winrate import comparison_pool, measure
@@ -28,7 +30,7 @@ from .loop import BASELINE, JobBox, answering_runs, lineage_markdown
 
 HELDOUT = PRESETS_DIR / "data" / "self-improve.heldout.txt"
 RUBRIC = PRESETS_DIR / "data" / "self-improve.rubric.yaml"
-DECIDERS = [("a rubric", "rubric"), ("a judge model", "judge"), ("people, blind (in the Grow data tab)", "human")]
+DECIDERS = [("a rubric", "rubric"), ("a judge model", "judge"), ("people, blind (in the Grow pairs tab)", "human")]
 
 
 def _read(path) -> str:
@@ -56,6 +58,11 @@ def previous_round(run_id: str | None) -> str:
     return (chain[-2]["run"] or BASELINE) if len(chain) >= 2 else BASELINE
 
 
+def lineage_line(model_a: str | None) -> str:
+    line = lineage_markdown(model_a) if model_a and model_a != BASELINE else ""
+    return line or "Picking a run as model A sets model B to the round before it (its lineage shows here)."
+
+
 def winrate_pools() -> list[tuple[str, str]]:
     out = []
     for pool in list_pools():
@@ -79,7 +86,8 @@ def result_markdown(result: dict | None) -> str:
     low, high = result["ci95"]
     return (f"**Win rate of A over B: {result['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}, Wilson; ties count "
             f"half) · **length-controlled: {result['lc_win_rate']:.3f}**\n\n"
-            f"{result['wins']} wins · {result['ties']} ties · {result['losses']} losses on {result['pairs']} prompts, "
+            f"{result['wins']} wins · {result['ties']} ties · {result['losses']} losses "
+            f"on {result['pairs']} prompts, "
             f"decided by `{escape(result['labeller'])}` (pool `{result['pool']}`)\n\n"
             "| | model | mean words |\n| --- | --- | ---: |\n"
             f"| A | {escape(result['model_a'])} | {result['mean_words_a']:.1f} |\n"
@@ -108,7 +116,7 @@ def outcomes_frame(pool_id: str | None, labeller: str | None) -> pd.DataFrame:
 
 class WinRateBox(JobBox):
     kind = "winrate"
-    idle = "No win rate measured from this page yet."
+    idle = "No win rate measured since the app started; the newest result on disk is below."
 
     def __init__(self, services: Services, tab):
         super().__init__()
@@ -124,10 +132,9 @@ class WinRateBox(JobBox):
             with gr.Row(equal_height=True):
                 self.model_a = gr.Dropdown(choices, value=first, label="Model A", elem_id="winrate-a", scale=3,
                                            allow_custom_value=True)
-                self.model_b = gr.Dropdown(choices, value=previous_round(first), label="Model B",
-                                           info="picking A sets B to the round before it", elem_id="winrate-b",
+                self.model_b = gr.Dropdown(choices, value=previous_round(first), label="Model B", elem_id="winrate-b",
                                            scale=3, allow_custom_value=True)
-            self.lineage = gr.Markdown(lineage_markdown(first if first != BASELINE else None), elem_id="winrate-lineage")
+            self.lineage = gr.Markdown(lineage_line(first), elem_id="winrate-lineage")
             with gr.Row(equal_height=False):
                 self.prompts = gr.Textbox(heldout_prompts(), lines=5, max_lines=12, scale=4, elem_id="winrate-prompts",
                                           label="Held-out prompts (one a line)")
@@ -143,12 +150,12 @@ class WinRateBox(JobBox):
                 self.template = gr.Textbox(DEFAULT_TEMPLATE, lines=8, max_lines=30, label="Pairwise prompt template",
                                            elem_id="winrate-template")
             self.job_widgets("winrate", "Measure the win rate")
-            latest = latest_result()
+            latest = latest_result() or {}
             self.result = gr.Markdown(result_markdown(latest), elem_id="winrate-result")
-            self.table = gr.Dataframe(outcomes_frame(*(latest and (latest["pool"], latest["labeller"]) or (None, None))),
+            self.table = gr.Dataframe(outcomes_frame(latest.get("pool"), latest.get("labeller")),
                                       interactive=False, wrap=True, max_height=500, label="Answers side by side",
                                       elem_id="winrate-table")
-            gr.Markdown("**Read a labelled win-rate pool** (for pools labelled by people in the Grow data tab, or "
+            gr.Markdown("**Read a labelled win-rate pool** (for pools labelled by people in the Grow pairs tab, or "
                         "with `python -m studio label`).", elem_classes="ds-caption")
             with gr.Row(equal_height=True):
                 self.read_pool = gr.Dropdown(winrate_pools(), value=None, label="Win-rate pool", scale=4,
@@ -180,7 +187,7 @@ class WinRateBox(JobBox):
 
     # --- handlers ---
     def pick_a(self, model_a: str | None):
-        return gr.Dropdown(value=previous_round(model_a)), lineage_markdown(model_a if model_a != BASELINE else None)
+        return gr.Dropdown(value=previous_round(model_a)), lineage_line(model_a)
 
     def show_latest(self):
         latest = latest_result()
@@ -194,7 +201,7 @@ class WinRateBox(JobBox):
         a = model_a if model_a in ids and model_a != BASELINE else (ids[1] if len(ids) > 1 else BASELINE)
         b = model_b if model_b in ids and (model_b != a or a == BASELINE) else previous_round(a)
         return (gr.Dropdown(choices=choices, value=a), gr.Dropdown(choices=choices, value=b),
-                lineage_markdown(a if a != BASELINE else None), *self.show_latest())
+                lineage_line(a), *self.show_latest())
 
     def labellers(self, pool_id: str | None):
         try:
@@ -217,7 +224,8 @@ class WinRateBox(JobBox):
         a, b = (model_a or BASELINE).strip(), (model_b or BASELINE).strip()
         if a == b or (a.lower() in BASELINE_WORDS and b.lower() in BASELINE_WORDS):
             raise ConfigError("Model A and model B are the same; pick two different models.")
-        answering = [resolve_source(m) for m in (a, b) if m.lower() not in BASELINE_WORDS]  # refuses a run without adapter
+        # Resolved now, so a run without an adapter is refused here and not in the job.
+        answering = [resolve_source(m) for m in (a, b) if m.lower() not in BASELINE_WORDS]
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         if not lines:
             raise EvalError("Write at least one held-out prompt, one a line.")
@@ -255,8 +263,9 @@ class WinRateBox(JobBox):
         result = job.result or {}
         if "win_rate" in result:
             low, high = result["ci95"]
-            return f"Win rate {result['win_rate']:.3f} (95% CI {low:.3f}–{high:.3f}); the table below has every answer."
+            return (f"Win rate {result['win_rate']:.3f} (95% CI {low:.3f}–{high:.3f}); the table below has every "
+                    "answer.")
         if result.get("pool"):
-            return (f"Pool {result['pool']} holds both models' answers: label it blind in the Grow data tab, then "
+            return (f"Pool {result['pool']} holds both models' answers: label it blind in the Grow pairs tab, then "
                     "read its win rate below.")
         return ""
