@@ -130,12 +130,12 @@ class JobBox:
 
     kind = "job"
     idle = "Nothing started since the app started."
+    stopping_note = "Stopping after the current batch; what is done stays on disk."
 
     def __init__(self):
         self.job: jobs.Job | None = None  # the latest job this box started (any browser)
 
     def job_widgets(self, elem: str, start_label: str) -> None:
-        self.elem = elem
         with gr.Row():
             self.start_btn = gr.Button(start_label, variant="primary", elem_id=f"{elem}-start", min_width=160)
             self.stop_btn = gr.Button("Stop", variant="stop", elem_id=f"{elem}-stop", interactive=False, min_width=90)
@@ -199,7 +199,7 @@ class JobBox:
             gr.Info("Nothing of this kind is running.")
             return gr.skip()
         job.stop()
-        return self.render(self.progress(job), "Stopping after the current batch; what is done stays on disk.")
+        return self.render(self.progress(job), self.stopping_note)
 
     def refused(self, message: str) -> dict:
         return {self.status: error_html(message)}
@@ -370,6 +370,7 @@ START_FROM = [("the base model (a fresh adapter)", "base"), ("a previous round's
 class NextRoundBox(JobBox):
     kind = "train"
     idle = "No round started since the app started; the Runs tab lists every run and its lineage."
+    stopping_note = "Stopping after the current step; the adapter trained so far is saved."
 
     def __init__(self):
         super().__init__()
