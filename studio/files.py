@@ -1,10 +1,10 @@
 """Which data files the web app may read, and the uploads it keeps.
 
 The CLI is run by the operator and may read any regular file. The web app reads training data
-only from its own uploads (STUDIO_HOME/uploads, stored under generated names), the bundled preset
-data, and the folders the operator lists in STUDIO_DATA_DIRS; a hub dataset id is not a path and
-stays allowed. Uploads have a size limit (STUDIO_MAX_UPLOAD_MB) and an age limit
-(STUDIO_UPLOAD_MAX_AGE_HOURS).
+only from its own uploads (STUDIO_HOME/uploads, stored under generated names), its pools' preference
+files (STUDIO_HOME/pools), the bundled preset data, and the folders the operator lists in
+STUDIO_DATA_DIRS; a hub dataset id is not a path and stays allowed. Uploads have a size limit
+(STUDIO_MAX_UPLOAD_MB) and an age limit (STUDIO_UPLOAD_MAX_AGE_HOURS).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def data_dirs() -> list[Path]:
 
 def allowed_data_roots() -> list[Path]:
     """Folders the web app may read data from, resolved (symlinks followed)."""
-    roots = [uploads_dir().resolve(), preset_data_dir().resolve(), *data_dirs()]
+    # Pools hold only what the studio wrote itself (sampled answers, labels, their preference files).
+    roots = [uploads_dir().resolve(), (studio_home() / "pools").resolve(), preset_data_dir().resolve(), *data_dirs()]
     return list(dict.fromkeys(roots))
 
 

@@ -40,10 +40,11 @@ def outside_file(tmp_path: Path, name: str = "secret.jsonl") -> Path:
 # --- the folders ----------------------------------------------------------------------------------
 
 
-def test_the_roots_are_uploads_preset_data_and_the_operators_folders(home, tmp_path, monkeypatch):
+def test_the_roots_are_uploads_pools_preset_data_and_the_operators_folders(home, tmp_path, monkeypatch):
     extra, more = tmp_path / "extra", tmp_path / "more"
     monkeypatch.setenv("STUDIO_DATA_DIRS", f"{extra}{os.pathsep}{os.pathsep}{more}")
-    assert allowed_data_roots() == [(home / "uploads").resolve(), preset_data_dir().resolve(), extra, more]
+    assert allowed_data_roots() == [(home / "uploads").resolve(), (home / "pools").resolve(), preset_data_dir().resolve(),
+                                    extra, more]
 
 
 def test_preset_data_and_uploads_are_readable(home):

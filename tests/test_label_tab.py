@@ -113,7 +113,7 @@ def test_keyboard_labelling_in_chromium_survives_a_reload(label_app):
         page = browser.new_page(viewport={"width": 1300, "height": 900})
         page.set_default_timeout(30_000)
         page.goto(url)
-        page.get_by_role("tab", name="Label").click()
+        page.get_by_role("tab", name="Grow pairs").click()
         progress = page.locator("#label-progress")
         expect(progress).to_contain_text("of 4")
         name = page.locator("#label-name textarea, #label-name input").first
@@ -140,7 +140,7 @@ def test_keyboard_labelling_in_chromium_survives_a_reload(label_app):
 
         # A reload: the name comes back from the browser, the counter and the next pair from the pool.
         page.reload()
-        page.get_by_role("tab", name="Label").click()
+        page.get_by_role("tab", name="Grow pairs").click()
         expect(progress).to_contain_text("3 of 4")
         expect(page.locator("#label-prompt")).to_contain_text("Question 3?")
         assert next_pair(pool, me)["prompt"] == "Question 3?"

@@ -1,4 +1,4 @@
-"""The DPO Studio web app: five tabs (Data, Train, Chat, Runs, Compare) over the headless engine.
+"""The DPO Studio web app: six tabs (Data, Train, Chat, Runs, Compare, Grow pairs) over the headless engine.
 
     from studio.ui import build_app, launch_options
     demo = build_app()
@@ -60,8 +60,9 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
             chat = ChatTab(services)
             runs = RunsTab()
             compare = CompareTab(services)
-            LabelTab()
+            label = LabelTab(services)
         data.connect(train)
+        label.connect(train)
         chat.connect(train)
         runs.connect(train)
         compare.connect(train)

@@ -28,6 +28,7 @@ from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweep_gr
 from .common import Services, escape, number, overlay, user_errors
 from .form import config_from_widgets
 from .status import STATUS_CSS, error_html
+from .winrate_box import WinRateBox
 
 POLL_SECONDS = 1.0  # while a sweep runs
 IDLE_SECONDS = 5.0  # otherwise: only notice a sweep started elsewhere
@@ -180,6 +181,7 @@ class CompareTab:
                                  interactive=False, elem_id="compare-files")
             self.view = gr.State({"sweep_state": (record or {}).get("state"), "sweep": (record or {}).get("id")})
             self.timer = gr.Timer(IDLE_SECONDS)
+            self.winrate = WinRateBox(services, self.tab)  # its own section: the preference loop's win rate
         self._wire()
 
     @staticmethod

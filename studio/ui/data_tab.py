@@ -20,6 +20,7 @@ from studio.data import Columns, load_preferences, peek, token_lengths
 from studio.errors import StudioError
 from studio.access import require_user
 from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload
+from studio.pools import preference_files
 from studio.runs import data_in_use
 from studio.models import ModelError, display_name
 
@@ -100,6 +101,17 @@ def raw_rows(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([[cell(row.get(c)) for c in columns] for row in rows], columns=columns)
 
 
+def pool_file_choices() -> list[tuple[str, str]]:
+    """Every pool's preference file (newest first), with its pair count and who labelled it."""
+    choices = []
+    for path in preference_files():
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        labellers = ", ".join(sorted({str(r.get("labeller")) for r in rows})) or "?"
+        choices.append((f"{path.parent.name} · {len(rows)} pairs · {labellers}", str(path)))
+    return choices
+
+
 def _in_gradio_uploads(path: str) -> bool:
     from gradio.utils import get_upload_folder
 
@@ -121,6 +133,11 @@ class DataTab:
                         self.hub_id = gr.Textbox(label="…or a hub dataset id", placeholder="owner/name", scale=3)
                         self.hub_check = gr.Button("Check", scale=1, min_width=80)
                     self.check_train = gr.Button("Check the Train tab's data", size="sm")
+                    with gr.Row(equal_height=True):  # files the Grow pairs tab wrote from labelled pools
+                        self.pool_file = gr.Dropdown(pool_file_choices(), value=None, label="…or a labelled pool's "
+                                                     "preference file", scale=3, allow_custom_value=True,
+                                                     elem_id="data-pool-file")
+                        self.pool_check = gr.Button("Check", scale=1, min_width=80, elem_id="data-pool-check")
                 with gr.Column(scale=3):
                     self.summary = gr.Markdown("Upload a file to see its report.", elem_id="data-summary")
             with gr.Group(visible=False) as self.mapping_box:
@@ -153,6 +170,10 @@ class DataTab:
         self.map_check.click(self.check_mapped, inputs_kwargs={"source": self.source, **context,
                                                                **{p: self.mapping[p] for p in PARTS}},
                              outputs=outputs, api_name="check_mapping")
+        self.pool_check.click(self.check_pool_file, inputs_kwargs={"path": self.pool_file, **context}, outputs=outputs,
+                              api_name="check_pool_file")
+        self.tab.select(lambda: gr.Dropdown(choices=pool_file_choices()), outputs=self.pool_file,
+                        api_visibility="private", show_progress="hidden", concurrency_limit=None)
         self.check_train.click(self.check_train_data, inputs_kwargs={"data": f["data"], **context,
                                                                      **{f"{p}_col": f[f"{p}_col"] for p in PARTS}},
                                outputs=outputs, api_name="check_train_data")
@@ -196,6 +217,16 @@ class DataTab:
             return {self.summary: gr.skip()}
         return self.check(source, Columns(prompt or None, chosen or None, rejected or None, system or None),
                           model, max_length, fresh=True)
+
+    def check_pool_file(self, path: str | None, model: str, max_length, request: gr.Request = None) -> dict:
+        try:
+            require_user(request, "read data files")
+        except StudioError as e:
+            return self._refused(path or "", str(e))
+        if not path:
+            gr.Warning("Pick a pool's preference file (write one in the Grow pairs tab first).")
+            return {self.summary: gr.skip()}
+        return self.check(path, Columns(), model, max_length, fresh=True, title=f"pool {Path(path).parent.name}")
 
     def check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
                          system_col, request: gr.Request = None) -> dict:

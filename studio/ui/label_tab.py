@@ -1,11 +1,12 @@
-"""Label tab: a pool's pairs shown blind, one at a time; each click is written to the pool before the next pair shows.
+"""Grow pairs tab: sample a pool from your own model, label its pairs (blind, a rubric or a judge), train the next round.
 
-A person picks a pool and types a name (kept in the browser), then answers "A is better", "B is better",
-"tie", "both bad" or skips, by button or key (1 / 2 / 3 / 0 / s, z to undo). The A/B order is the
-pair's stored order and no model name is shown. Nothing lives in the page: the next pair and the
-counter are read from the pool's labels.jsonl, so a reload or a second browser resumes where it stopped.
-A rubric can label the whole pool at once (instant, each decision with its reason), and the decisions
-become a preference file (pools/<id>/preferences.jsonl) that `data check` and training read as it is.
+Labelling: a person picks a pool and types a name (kept in the browser), then answers "A is better", "B is
+better", "tie", "both bad" or skips, by button or key (1 / 2 / 3 / 0 / s, z to undo). The A/B order is the
+pair's stored order and no model name is shown. Nothing lives in the page: the next pair and the counter
+are read from the pool's labels.jsonl, so a reload or a second browser resumes where it stopped. A rubric
+can label the whole pool at once (instant, each decision with its reason), a judge model as a job, and
+the decisions become a preference file (pools/<id>/preferences.jsonl) that `data check` and training read
+as it is. Generating, judging and the next round are boxes from `loop.py` (jobs on the one slot).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import pandas as pd
 from studio.errors import user_message
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
+
+from .common import Services
+from .loop import GenerateBox, JudgeBox, NextRoundBox
 
 RUBRIC_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "presets" / "data" / "self-improve.rubric.yaml"
 ALL = "(everyone)"
@@ -65,15 +69,22 @@ def _quote(text: str) -> str:
 
 
 class LabelTab:
-    def __init__(self):
-        with gr.Tab("Label", id="label") as self.tab:
+    def __init__(self, services: Services | None = None):
+        services = services or Services()
+        with gr.Tab("Grow pairs", id="label") as self.tab:
+            gr.Markdown("Grow a preference data set from your own model: **1** sample answers into a pool, **2** "
+                        "label its pairs, **3** train the next round on them, **4** measure the new round's win "
+                        "rate over the one before in the **Compare** tab.", elem_classes="ds-caption")
+            with gr.Accordion("1 · Generate a pool", open=not list_pools(), elem_id="gen-box"):
+                self.generate = GenerateBox(services)
+            gr.Markdown("#### 2 · Label")
             gr.Markdown("Pick a pool and label its pairs **blind**: which model wrote which answer is never shown, "
                         "and the A/B order is random (the same for everyone). Every click is saved at once.",
                         elem_classes="ds-caption")
             with gr.Row(equal_height=True):
                 choices = pool_choices()
                 self.pool = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Pool", scale=4,
-                                        elem_id="label-pool")
+                                        allow_custom_value=True, elem_id="label-pool")
                 self.name = gr.Textbox(label="Your name", placeholder="recorded with each decision", scale=2,
                                        elem_id="label-name")
                 self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
@@ -106,10 +117,19 @@ class LabelTab:
                 self.apply_btn = gr.Button("Apply the rubric to this pool", elem_id="label-apply-rubric")
                 self.decisions = gr.Dataframe(interactive=False, wrap=True, max_height=400, elem_id="label-decisions",
                                               label="Rubric decisions")
+            with gr.Accordion("Label the whole pool with a judge model", open=False, elem_id="judge-box"):
+                self.judge = JudgeBox(services)
+                self.judged = gr.Dataframe(interactive=False, wrap=True, max_height=400, elem_id="judge-decisions",
+                                           label="Judge decisions")
             with gr.Row(equal_height=True):
-                self.labeller = gr.Dropdown([ALL], value=ALL, label="Decisions of", scale=3, elem_id="label-labeller")
+                self.labeller = gr.Dropdown([ALL], value=ALL, label="Decisions of", scale=3, allow_custom_value=True,
+                                            elem_id="label-labeller")
                 self.export_btn = gr.Button("Write the preference file", scale=1, elem_id="label-export")
             self.export_status = gr.Markdown(elem_id="label-export-status")
+            with gr.Accordion("3 · Train the next round", open=True, elem_id="round-box"):
+                self.next_round = NextRoundBox()
+            gr.Markdown("**4 · Measure:** the **Compare** tab's *Win rate* box sets model A to the new round and "
+                        "model B to the round before it.", elem_classes="ds-caption")
         self._wire()
 
     @property
@@ -136,6 +156,18 @@ class LabelTab:
                              outputs=[self.decisions, *self.view_outputs], api_name="label_rubric")
         self.export_btn.click(self.export, inputs=[self.pool, self.labeller], outputs=self.export_status,
                               api_name="label_export")
+        self.generate.wire(self.tab)
+        self.judge.wire(self.tab, self.pool)
+        # A pool just generated is shown at once; a judged pool shows its decisions.
+        self.generate.finished.change(self.after_generate, inputs=[self.name, self.remember],
+                                      outputs=[self.pool, self.name, *self.view_outputs], api_visibility="private",
+                                      show_progress="hidden")
+        self.judge.finished.change(self.after_judge, inputs=inputs, outputs=[self.judged, *self.view_outputs],
+                                   api_visibility="private", show_progress="hidden")
+
+    def connect(self, train) -> None:
+        """The next round trains with the Train tab's settings, through the same TrainingJob as its Start."""
+        self.next_round.connect(train, self.tab, self.pool, self.labeller)
 
     # --- handlers ---
     def restore(self, pool_id: str | None, name: str | None, remembered: dict | None):
@@ -152,7 +184,7 @@ class LabelTab:
     def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
         """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
         if not pool_id:
-            return ("No pool yet: generate one (`python -m studio generate`) or from the Generate action.",
+            return ("No pool yet: generate one above (or with `python -m studio generate`).",
                     "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
         try:
             pool = get_pool(pool_id)
@@ -170,6 +202,16 @@ class LabelTab:
             return counter, f"{done} Write the preference file below.", "", "", None, labellers
         return (counter, f"**Prompt:** {_quote(view['prompt'])}", _quote(view["a"]), _quote(view["b"]), view["pair"],
                 labellers)
+
+    def after_generate(self, name: str | None, remembered: dict | None):
+        return self.restore(self.generate.latest_pool(), name, remembered)
+
+    def after_judge(self, pool_id: str | None, name: str | None):
+        job = self.judge.job
+        counts = job.result if job is not None else None
+        if not counts or job.pool_id != pool_id:  # the page shows another pool now
+            return (gr.skip(), *self.show(pool_id, name))
+        return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name))
 
     def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
         if pool_id and pair_id:

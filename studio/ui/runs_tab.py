@@ -16,6 +16,7 @@ from studio.hub import push_to_hub
 from studio.runs import delete_run, get_run, list_runs
 
 from .common import duration, number, overlay, user_errors, user_message, when
+from .loop import lineage_markdown
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
     "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
@@ -67,6 +68,7 @@ class RunsTab:
                                             elem_id="runs-selected")
                 self.download_btn = gr.Button("Download adapter (.zip)", scale=1, elem_id="runs-download")
                 self.delete_btn = gr.Button("Delete run…", variant="stop", scale=1, elem_id="runs-delete")
+            self.lineage = gr.Markdown(lineage_markdown(ids[0] if ids else None), elem_id="runs-lineage")
             self.zip_file = gr.File(label="Adapter zip", visible=False, interactive=False)
             with gr.Group(visible=False) as self.confirm_box:
                 self.confirm_text = gr.Markdown()
@@ -115,6 +117,8 @@ class RunsTab:
                               api_visibility="private")
         self.cancel_btn.click(lambda: gr.Group(visible=False), outputs=self.confirm_box, api_visibility="private")
         self.selected.change(exports_frame, inputs=self.selected, outputs=self.exports, api_name="run_exports",
+                             show_progress="hidden", concurrency_limit=None)
+        self.selected.change(lineage_markdown, inputs=self.selected, outputs=self.lineage, api_name="run_lineage",
                              show_progress="hidden", concurrency_limit=None)
         self.export_btn.click(self.export, inputs=[self.selected, self.export_format, self.export_quant],
                               outputs=self.exports, api_name="export_run", concurrency_limit=1, concurrency_id="export")
