@@ -19,6 +19,10 @@ from pathlib import Path
 # This project's `studio` first, even under `python -P` or a launcher that does not put the script's folder on
 # sys.path: Unsloth's wheel installs an unrelated top-level package named `studio` into site-packages.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Training, chat and generation share this process's cores from separate threads: OpenMP's default spin-waiting
+# makes their torch thread pools starve each other (measured 13x slower generation beside a training run on
+# 2 cores). It must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from studio import zerogpu  # noqa: E402,F401 - on a ZeroGPU Space, `spaces` is imported before anything touches CUDA
 from studio.backends import early_import  # noqa: E402 - after the path fix

@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # A bare `pytest` puts tests/ on sys.path, not the project: without this, `import studio` would find nothing, or
 # Unsloth's unrelated top-level `studio` package where Unsloth is installed. (`python -m pytest` adds the cwd.)
 sys.path.insert(0, str(ROOT))
+# The app runs training, chat and generation in threads of one process, each with its own torch thread pool: with
+# OpenMP's default spin-waiting those pools fight over 2 cores (a 16-token generation measured 210 s instead of
+# 16 s beside a training thread). Passive waiting must be set before torch is imported; app.py does the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
