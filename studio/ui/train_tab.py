@@ -291,7 +291,7 @@ class TrainTab:
         view = dict(view or {})
         job = TrainingJob.active()
         if view.get("error") and job is None:
-            return {}
+            return {self.view: gr.skip()}  # (an empty dict would read as one output value)
         run_id = view.get("run")
         if job is not None and job.run.id != run_id:
             run_id = job.run.id  # a run started elsewhere (another browser, the API): follow it
@@ -336,7 +336,7 @@ class TrainTab:
         return out
 
     def clear_refusal(self, view: dict | None) -> dict:
-        return self.poll({}) if (view or {}).get("error") else {}
+        return self.poll({}) if (view or {}).get("error") else {self.view: gr.skip()}
 
     def on_load(self) -> dict:
         """A fresh page: show the active job (its settings too) or the newest run, with its whole history."""
