@@ -261,7 +261,6 @@ def test_on_a_phone_start_is_on_the_first_screen_and_the_chat_panes_stay_side_by
         for elem in ("#start-btn", "#train-status"):
             box = page.locator(elem).bounding_box()
             assert box["y"] + box["height"] <= 844, (elem, box)
-        expect(page.locator("#train-status")).to_contain_text("Start is enough")  # the landing line
         chart = page.locator("#loss-chart").bounding_box()
         assert chart["width"] >= 300, chart  # full width, not half of a row
         open_tab(page, "Chat")
