@@ -4,6 +4,7 @@
     python -m studio data check presets/data/twin-style.jsonl --json
     python -m studio train --preset cpu-quickstart
     python -m studio train --preset cpu-quickstart --data my.csv --set beta=0.2 --max-steps 20 --out runs/try1
+    python -m studio train --resume RUN            # a stopped, interrupted or failed run goes on from its last checkpoint
     python -m studio eval RUN                      # held-out preference accuracy, baseline vs tuned (saved as eval.json)
     python -m studio chat RUN --prompt "Write a paragraph to introduce supervised fine-tuning."
     python -m studio compare RUN [RUN ...] --markdown grid.md   # probe answers side by side, with simple measures
@@ -80,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_data_check)
 
     train = sub.add_parser("train", help="train a DPO adapter headless")
-    train.add_argument("--preset", default="cpu-quickstart", help="preset name or YAML path (default cpu-quickstart)")
+    train.add_argument("--preset", help="preset name or YAML path (default cpu-quickstart)")
+    train.add_argument("--resume", metavar="RUN", help="continue a stopped, interrupted or failed run (id or folder) "
+                                                        "from its last checkpoint, with the settings it started with")
     train.add_argument("--data", help="preference data file or hub id (overrides the preset's; the held-out pairs then "
                                       "come from this data unless --eval-data is given)")
     train.add_argument("--eval-data", help="a held-out preference file")
@@ -259,7 +262,7 @@ def _preset_config(args):
     """The preset named by --preset with --data, --set and --max-steps applied: (preset, RunConfig)."""
     from .config import apply_overrides, load_preset
 
-    preset = load_preset(args.preset)
+    preset = load_preset(args.preset or "cpu-quickstart")
     cfg = preset.config
     if args.data:  # your data: its own held-out split, never the preset's held-out file
         cfg = cfg.replace(data=args.data, eval_data=None)
@@ -281,7 +284,6 @@ def _quiet_libraries() -> None:
 
 
 def cmd_train(args) -> int:
-    preset, cfg = _preset_config(args)
     if args.quiet:
         _quiet_libraries()
 
@@ -295,14 +297,18 @@ def cmd_train(args) -> int:
     if not main_process:
         say, args.quiet = (lambda message: None), True
         _quiet_libraries()
-    say("checking the data and the model…")
-    explicit = {pair.partition("=")[0].strip() for pair in args.overrides}  # they win over fitting to the card
-    job = TrainingJob(cfg, run_dir=args.out, preset=preset.name, explicit=explicit)
-    check_run(job.config)  # a bad file, model or setting: exit 2 before any run folder exists
+    if args.resume:
+        job = _resume_job(args, say)
+    else:
+        preset, cfg = _preset_config(args)
+        say("checking the data and the model…")
+        explicit = {pair.partition("=")[0].strip() for pair in args.overrides}  # they win over fitting to the card
+        job = TrainingJob(cfg, run_dir=args.out, preset=preset.name, explicit=explicit)
+        check_run(job.config)  # a bad file, model or setting: exit 2 before any run folder exists
     if main_process:
         mark_interrupted()
     wait_for_slot(job, say=say)
-    say(f"run folder: {job.run.path}")
+    say(f"run folder: {job.run.path}" + (f" (resumed from step {job.step})" if args.resume else ""))
     try:
         follow(job, quiet=args.quiet)
     except KeyboardInterrupt:
@@ -318,6 +324,23 @@ def cmd_train(args) -> int:
           f"last loss {last.get('loss', float('nan')):.4f}, margins {last.get('rewards/margins', float('nan')):.4f}; "
           f"adapter: {job.run.adapter_dir}")
     return 130 if job.state == "stopped" else 0
+
+
+def _resume_job(args, say):
+    """The TrainingJob that continues --resume RUN; the run's own settings are used, so flags that change them are refused."""
+    from .runs import get_run, mark_interrupted
+    from .training import TrainingJob
+
+    given = [flag for flag, value in (("--preset", args.preset), ("--data", args.data), ("--eval-data", args.eval_data),
+                                      ("--set", args.overrides), ("--max-steps", args.max_steps), ("--out", args.out))
+             if value]
+    if given:
+        raise UserError(f"--resume continues a run with the settings it started with; drop {', '.join(given)} "
+                        "(or start a new run with them).")
+    mark_interrupted()  # a run whose process died is `interrupted` (resumable), not still `training`
+    run = get_run(args.resume)
+    say(f"checking run {run.id} and its data…")
+    return TrainingJob.resume(run)
 
 
 def _stop_and_save(job, say) -> None:
@@ -347,7 +370,7 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
             else:
                 bar.set_description(phase if phase != "training" else "DPO")
         if bar is None and job.total_steps and not quiet:
-            bar = tqdm(total=job.total_steps, desc="DPO", unit="step", file=sys.stderr)
+            bar = tqdm(total=job.total_steps, initial=job.step, desc="DPO", unit="step", file=sys.stderr)
         rows = job.metrics.since(seen)
         seen += len(rows)
         train_rows = [r for r in rows if "loss" in r]

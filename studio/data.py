@@ -65,6 +65,24 @@ class _RowFault(Exception):
     """Why one row cannot be used; becomes an entry in DataReport.dropped."""
 
 
+class UnknownLayout(DataError):
+    """The columns holding the prompt and answers could not be told; `found` lists the file's columns."""
+
+    def __init__(self, message: str, found: list[str]):
+        super().__init__(message)
+        self.found = found
+
+
+class NoUsablePairs(DataError):
+    """Rows were read but every one was dropped: `layout` and `used` say what was recognised (None when no row
+    parsed), `dropped` lists each row with its reason."""
+
+    def __init__(self, message: str, rows: int, dropped: list[dict], layout: str | None = None,
+                 used: dict | None = None):
+        super().__init__(message)
+        self.rows, self.dropped, self.layout, self.used = rows, dropped, layout, used or {}
+
+
 @dataclass
 class Columns:
     """Explicit column mapping; a field left as None is auto-detected."""
@@ -178,7 +196,7 @@ def load_preferences(
 
     dropped.sort(key=lambda d: d["row"])
     if not kept:
-        _raise_nothing_usable(name, rows, dropped)
+        _raise_nothing_usable(name, rows, dropped, plan)
     report = DataReport(
         source=str(source), format=fmt, layout=plan.layout, columns=found,
         rows=rows, pairs=len(kept), dropped=dropped, tokens=tokens,
@@ -187,13 +205,13 @@ def load_preferences(
     return PreferenceSet([pair for _, pair in kept], report)
 
 
-def _raise_nothing_usable(name: str, rows: int, dropped: list[dict]) -> None:
+def _raise_nothing_usable(name: str, rows: int, dropped: list[dict], plan: "_Plan | None" = None) -> None:
     if rows == 0:
         raise DataError(f"No rows found in {name}: the file holds no records.")
     reasons = "; ".join(f"row {d['row']}: {d['reason']}" for d in sorted(dropped, key=lambda d: d["row"])[:5])
-    raise DataError(
-        f"No usable preference pairs in {name}: {rows} rows read, all dropped. First reasons: {reasons}"
-    )
+    raise NoUsablePairs(
+        f"No usable preference pairs in {name}: {rows} rows read, all dropped. First reasons: {reasons}",
+        rows, sorted(dropped, key=lambda d: d["row"]), plan.layout if plan else None, plan.used() if plan else None)
 
 
 # --------------------------------------------------------------------------- readers
@@ -699,11 +717,31 @@ def _unknown_layout(name: str, found: list[str]) -> DataError:
     )
     guess = _guess_mapping(found)
     if guess:
-        return DataError(f"{message}, e.g. {guess}")
-    return DataError(
+        return UnknownLayout(f"{message}, e.g. {guess}", found)
+    return UnknownLayout(
         f"{message}. Recognised without a mapping: prompt/chosen/rejected, instruction[/input]/chosen/rejected, "
-        "question/chosen/rejected, chosen/rejected conversations, or chosen/rejected Human:/Assistant: transcripts."
-    )
+        "question/chosen/rejected, chosen/rejected conversations, or chosen/rejected Human:/Assistant: transcripts.",
+        found)
+
+
+def guess_columns(found: list[str]) -> dict[str, str]:
+    """part -> column a mapping form may start from: the names the reader knows, else a word in the name
+    ("good_answer" for chosen). A suggestion for a person to confirm, never loaded without them."""
+    picked: dict[str, str] = {}
+    for part, names in (("prompt", PROMPT_NAMES), ("chosen", CHOSEN_NAMES), ("rejected", REJECTED_NAMES),
+                        ("system", SYSTEM_NAMES)):
+        column = _find(found, names)
+        if column and column not in picked.values():
+            picked[part] = column
+    for part in ("chosen", "rejected", "prompt"):
+        if part in picked:
+            continue
+        for column in found:
+            words = set(re.split(r"[^a-z0-9]+", column.lower()))
+            if column not in picked.values() and words & _GUESS_WORDS[part]:
+                picked[part] = column
+                break
+    return picked
 
 
 def _guess_mapping(found: list[str]) -> str | None:

@@ -153,6 +153,12 @@ def embedded_from_hub() -> str:
         ) from None
 
 
+def needs_preparing(spec: str) -> bool:
+    """True when using `spec` first converts the embedded model: the one-time step (~30 s) a first upload or run waits on."""
+    return (is_embedded(spec or EMBEDDED) and importlib.util.find_spec(EMBEDDED_PACKAGE) is not None
+            and not (studio_home() / "models" / EMBEDDED_NAME / "config.json").is_file())
+
+
 def resolve_model(spec: str) -> str:
     """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
     if is_embedded(spec):

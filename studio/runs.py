@@ -6,6 +6,7 @@
       metrics.jsonl  one JSON object per log event
       status.json    state, error text, step counts, pid
       adapter/       adapter_config.json + adapter_model.safetensors
+      checkpoints/   the newest full trainer checkpoint (adapter, optimizer, scheduler, RNG): what resume reads
       eval.json      evaluation results
 """
 
@@ -25,6 +26,8 @@ from .config import RunConfig, studio_home
 
 STATES = ("queued", "loading", "training", "saving", "done", "stopped", "failed", "interrupted")
 LIVE_STATES = ("queued", "loading", "training", "saving")
+RESUMABLE_STATES = ("stopped", "interrupted", "failed")
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' Trainer names its checkpoint folders so
 
 
 def runs_root() -> Path:
@@ -205,7 +208,8 @@ class Run:
         end = time.time() if live else (status.get("finished") or status.get("updated"))
         elapsed = end - started if started and end else None
         step, total = status.get("step") or 0, status.get("total_steps")
-        eta = elapsed / step * (total - step) if live and elapsed and step and total else None
+        done_here = step - (status.get("resumed_from") or 0)  # `started` is the start of this stint
+        eta = elapsed / done_here * (total - step) if live and elapsed and done_here > 0 and total else None
         return {"state": state, "phase": status.get("phase", state), "step": step, "total_steps": total,
                 "elapsed": elapsed, "eta": eta, "error": status.get("error"), "run": self.id}
 
@@ -220,6 +224,65 @@ class Run:
     def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
         return read_jsonl(path) if path.is_file() else []
+
+    # --- resume ---
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self) -> tuple[Path, int] | None:
+        """The newest complete trainer checkpoint and its step, or None.
+
+        The Trainer writes trainer_state.json after the weights, optimizer, scheduler and RNG state, so a
+        folder without it was cut short by a crash and the one before it is used.
+        """
+        found = []
+        for path in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*") if self.checkpoint_dir.is_dir() else []:
+            step = path.name.removeprefix(CHECKPOINT_PREFIX)
+            if step.isdigit() and (path / "trainer_state.json").is_file():
+                found.append((int(step), path))
+        if not found:
+            return None
+        step, path = max(found)
+        return path, step
+
+    def resume_refusal(self) -> str | None:
+        """Why this run cannot be resumed, in words for its user; None when it can."""
+        progress = self.progress()
+        state, step, total = progress["state"], progress["step"], progress["total_steps"]
+        if state == "done":
+            return f"Run {self.id} is done ({step}/{total} steps): there is nothing left to resume."
+        if state in LIVE_STATES:
+            return f"Run {self.id} is still {state} (step {step}/{total or '?'}): stop it or let it finish first."
+        if state not in RESUMABLE_STATES:
+            return f"Run {self.id} is {state}: only a stopped, interrupted or failed run can be resumed."
+        if self.status().get("failure") == "NonFiniteTraining":
+            return (f"Run {self.id} diverged (its loss or weights became NaN): resuming it with the same settings "
+                    "would diverge again. Start a new run with a lower learning rate or beta.")
+        if self.checkpoint() is None:
+            return (f"Run {self.id} has no trainer checkpoint to resume from (one is saved after the first step, "
+                    "every save_steps and when a run is stopped; a run stopped before its first step, or made by an "
+                    "older version of the studio, has none).")
+        return None
+
+    def keep_metrics_until(self, step: int) -> int:
+        """Drop the rows logged after `step` (and the end-of-training summary), so a run resumed from the checkpoint
+        of `step` logs each later step once. Returns how many rows were dropped."""
+        rows = self.metrics()
+        kept = [r for r in rows if (r.get("step") or 0) <= step and "train_runtime" not in r]
+        if len(kept) != len(rows):
+            _atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        return len(rows) - len(kept)
+
+    def record_resume(self, step: int, checkpoint: Path) -> list[dict]:
+        """Add this resume (when, from which step and checkpoint) to config.yaml's `_run.resumed`; returns the list."""
+        raw = self.read_config_raw()
+        info = raw.setdefault("_run", {})
+        info["resumed"] = [*(info.get("resumed") or []),
+                           {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "time": time.time(), "from_step": step,
+                            "checkpoint": checkpoint.name}]
+        _atomic_write(self.path / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+        return info["resumed"]
 
     def summary(self) -> dict:
         """One row for a runs table: key settings, state, final metrics, time."""
@@ -241,8 +304,9 @@ class Run:
             "accuracy": last.get("rewards/accuracies"),
             "eval_loss": last_eval.get("eval_loss"),
             "eval_margins": last_eval.get("eval_rewards/margins"),
-            "started": status.get("started"),
-            "seconds": (status.get("finished") or status.get("updated") or 0) - (status.get("started") or 0)
+            "started": status.get("first_started") or status.get("started"),
+            "seconds": (status.get("earlier_seconds") or 0)
+            + (status.get("finished") or status.get("updated") or 0) - (status.get("started") or 0)
             if status.get("started")
             else None,
             "error": status.get("error"),

@@ -5,17 +5,25 @@
     job.progress()                      # state, named phase, step/total, ETA (warm-up and evaluation left out)
     job.stop()                          # ends at the next step and still saves the adapter
     job.wait()
+    TrainingJob.resume("RUN").start()   # a stopped, interrupted or failed run continues from its last checkpoint
 
 Work is never silently lost or poisoned: an adapter snapshot is saved after the first step and
 every `save_steps`, each only when the adapter's weights are finite; a loss that turns NaN or
 infinite ends the run as `failed` at that step, keeping the last finite snapshot; a run folder
 removed mid-run ends the run as `failed` instead of being recreated half-empty.
+
+Each snapshot is also a full trainer checkpoint (adapter, optimizer, scheduler, RNG state; only the
+newest is kept, under checkpoints/), and so is the step where a run is stopped. `TrainingJob.resume`
+continues such a run in its own folder: the step count, the learning-rate schedule and metrics.jsonl
+go on from the checkpoint (rows logged after it are dropped, so each step appears once), and
+config.yaml records each resume. A run that ends done removes its checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import time
 import traceback
@@ -25,9 +33,9 @@ from transformers import TrainerCallback
 
 from . import distributed
 from .config import Hardware, RunConfig, detect_hardware, resolve_for_hardware
-from .errors import ConfigError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
+from .errors import ConfigError, DataError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
 from .jobs import Job, active as active_job
-from .runs import MetricsLog, Run, claim_run_dir, runs_root
+from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, runs_root
 
 
 class RunFolderGone(StudioError):
@@ -86,6 +94,29 @@ class TrainingJob(Job):
         self._eval_count = 0
         self._stopped_at: float | None = None
         self._trainer = None  # the trainer being run (saving gathers weights through its accelerator)
+        self._resume: tuple[Path, int] | None = None  # (trainer checkpoint, its step) when this job resumes a run
+        self._resumes: list[dict] = []  # config.yaml's record of every resume of this run
+
+    @classmethod
+    def resume(cls, run: "Run | str | Path", hardware: Hardware | None = None,
+               callbacks: list | None = None) -> "TrainingJob":
+        """A job that continues `run` in its own folder from its newest trainer checkpoint, with the settings it
+        started with; `start()` it like any training (it takes the one slot).
+
+        Refused with a StudioError naming the run and why: it is done, still running, diverged, has no
+        checkpoint, or the data it trained on is gone or changed (the step count would no longer match).
+        """
+        run = run if isinstance(run, Run) else get_run(run)
+        refusal = run.resume_refusal()
+        if refusal:
+            raise (JobBusy if run.progress()["state"] in LIVE_STATES else ConfigError)(refusal)
+        checkpoint, step = run.checkpoint()
+        cfg = run.config()
+        _check_data_unchanged(run, cfg)
+        job = cls(cfg, run_dir=run.path, preset=run.info.get("preset"), hardware=hardware, callbacks=callbacks)
+        job._resume = (checkpoint, step)
+        job.title = f"resuming run {run.id}"
+        return job
 
     @classmethod
     def active(cls) -> "TrainingJob | None":
@@ -101,6 +132,8 @@ class TrainingJob(Job):
 
     # --- lifecycle ---
     def before_start(self) -> None:
+        if self._resume is not None:
+            return self._reopen()
         # Launched as several processes (torchrun, accelerate): the main one claims the folder, the rest share it.
         path = distributed.from_main(lambda: claim_run_dir(self._run_dir, self._label))
         self.run = Run(path, writes=distributed.is_main())
@@ -109,6 +142,26 @@ class TrainingJob(Job):
         self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name,
                               **distributed.describe())
         self._set("queued", started=self.started_at)
+
+    def _reopen(self) -> None:
+        """A resume, once the slot is held: the same folder, metrics cut back to the checkpoint, the resume recorded."""
+        checkpoint, step = self._resume
+        refusal = self.run.resume_refusal()  # checked again: another page or process may have resumed it meanwhile
+        if refusal:
+            raise ConfigError(refusal)
+        old = self.run.status()
+        self.run.keep_metrics_until(step)
+        self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
+        self._resumes = self.run.record_resume(step, checkpoint)
+        self.step = self.last_snapshot = step
+        self.total_steps = old.get("total_steps")
+        earlier = old.get("earlier_seconds") or 0.0
+        if old.get("started"):  # the time the earlier stints trained, for the runs table (not the days between)
+            earlier += max((old.get("finished") or old.get("updated") or old["started"]) - old["started"], 0.0)
+        self.title = f"training run {self.run.id}"
+        self._set("queued", f"resuming from step {step}", started=self.started_at, finished=None, failure=None,
+                  resumed_from=step, first_started=old.get("first_started") or old.get("started"),
+                  earlier_seconds=earlier)
 
     def stop(self) -> None:
         if not self._stop.is_set():
@@ -168,6 +221,8 @@ class TrainingJob(Job):
             self._save_adapter(trainer, trainer.model)
             self.last_snapshot = self.step
             stopped = self._stop.is_set() and not finished_all
+            if not stopped:  # nothing left to resume: the optimizer state would only take disk space
+                shutil.rmtree(self.run.checkpoint_dir, ignore_errors=True)
             self._set("stopped" if stopped else "done", finished=time.time())
         except BaseException as e:  # noqa: BLE001 - the run must end in a state, whatever went wrong
             self.error = self.error or failure_message(e)
@@ -182,21 +237,23 @@ class TrainingJob(Job):
                             self.last_snapshot = self.step
                     except Exception:  # noqa: BLE001
                         pass
-            self._set("failed", finished=time.time())
+            self._set("failed", finished=time.time(), failure=type(e).__name__)
 
     def _train_with_oom_retry(self, trainer):
         """On a CUDA out-of-memory error before any step: halve the per-device batch (doubling accumulation, so
         the recipe's effective batch stays) and try once more, saying so in the run's status and log."""
         import torch
 
+        resume = str(self._resume[0]) if self._resume else None
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=resume)
             return trainer
         except torch.OutOfMemoryError as e:
             from .memory import halve_batch
 
             halved = halve_batch(self.config.per_device_train_batch_size, self.config.gradient_accumulation_steps)
-            if not self.hardware.cuda or self.step > 0 or halved is None or distributed.world_size() > 1:
+            resumed_at = self._resume[1] if self._resume else 0
+            if not self.hardware.cuda or self.step > resumed_at or halved is None or distributed.world_size() > 1:
                 raise  # several processes: one retrying alone would leave the others waiting
             note = (f"CUDA ran out of memory with {self.config.per_device_train_batch_size} pairs a device ({e}); "
                     f"retrying once with {halved[0]} pairs x {halved[1]} accumulation")
@@ -209,7 +266,7 @@ class TrainingJob(Job):
             self._set("loading", "retrying with half the batch after running out of GPU memory", note=note)
             trainer = self._build_trainer()
             self._set("training", "training")
-            trainer.train()
+            trainer.train(resume_from_checkpoint=resume)
             return trainer
 
     def _save_adapter(self, trainer, model) -> None:
@@ -239,8 +296,11 @@ class TrainingJob(Job):
             backend, why = "transformers", "several processes: Unsloth's multi-GPU training is not tested with the studio"
         else:
             backend, why = choose_backend(cfg.backend, self.hardware, _planned(cfg, train_pairs))
+        started_with = self.run.info.get("chosen_backend") if self._resume else None
+        if started_with in ("transformers", "unsloth") and started_with != backend:
+            backend, why = started_with, f"the backend run {self.run.id} started with (resumed)"
         choice: dict = {"chosen_backend": backend, "backend_reason": why}
-        if self.hardware.cuda and not getattr(self, "_oom_retry", False):
+        if self.hardware.cuda and not getattr(self, "_oom_retry", False) and not self._resume:
             from .memory import fit_run, free_gpu_gb
 
             free = free_gpu_gb()
@@ -265,16 +325,57 @@ class TrainingJob(Job):
         # Decided once, by the main process: every process must fit the same batch and take the same steps.
         cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, len(train)))
         self.config = cfg
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # the adapter's initial weights too (PEFT draws them before the Trainer seeds)
         loaded = load_for_training(cfg, self.hardware, backend=choice["chosen_backend"])
-        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **distributed.describe())
+        resumed = {"resumed": self._resumes} if self._resumes else {}
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **resumed,
+                              **distributed.describe())
         self.eval_pairs = len(held_out)
         trainer = build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
-                                output_dir=self.run.path / "checkpoints", callbacks=[_Recorder(self), *self.callbacks])
+                                output_dir=self.run.checkpoint_dir, callbacks=[_Recorder(self), *self.callbacks])
+        if self._resume and cfg.init_adapter:
+            _load_trained_adapter(trainer.model, self._resume[0])
         # Again with what accelerate set up: its process count shows whether the processes really trained together.
-        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice,
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **resumed,
                               **distributed.describe(trainer))
         self._trainer = trainer
         return trainer
+
+
+def _check_data_unchanged(run: Run, cfg: RunConfig) -> None:
+    """The data a run trained on is still there and yields as many training pairs as when it started.
+
+    The checkpoint's step count and data order are only right for the same pairs; a changed file would
+    resume onto other data without a word.
+    """
+    from .data import FORMATS, load_run_data
+    from .models import load_tokenizer, resolve_model
+
+    for key in ("data", "eval_data"):
+        source = getattr(cfg, key)
+        if source and not Path(source).exists() and (Path(source).suffix.lower() in FORMATS or os.sep in source):
+            raise DataError(f"Run {run.id} trained on {source} ({key}), which is gone: put the file back at that path "
+                            "to resume the run, or start a new run on other data.")
+    _, train, _ = load_run_data(cfg, load_tokenizer(resolve_model(cfg.model)))
+    recorded = (run.read_json("data.json") or {}).get("train_pairs")
+    if recorded is not None and len(train) != recorded:
+        raise DataError(f"Run {run.id} trained on {recorded} pairs of {cfg.data}, but it now yields {len(train)}: the "
+                        "file changed, so the checkpoint's place in the data no longer fits. Start a new run on it.")
+
+
+def _load_trained_adapter(model, checkpoint: Path) -> None:
+    """The checkpoint's trained ("default") adapter, loaded into `model`.
+
+    For a run that continues another run's adapter, TRL keeps a frozen "ref" copy beside it, and the
+    checkpoint then holds "default" at its top and "ref" in a subfolder; transformers' resume loads
+    only the subfolders, which would leave "default" at its starting weights.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")), adapter_name="default")
 
 
 def failure_message(e: BaseException) -> str:
@@ -309,7 +410,8 @@ def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: b
         use_cpu=not detect_hardware().cuda,
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps or None,
-        save_strategy="no",  # the job saves the adapter itself, without the frozen "ref" copy
+        save_strategy="no",  # the job decides when (its snapshots, a stop); the Trainer then writes the checkpoint
+        save_total_limit=1,  # only the newest checkpoint: it is what resume needs
         report_to="none",
         disable_tqdm=disable_tqdm,
         dataloader_num_workers=0,
@@ -389,6 +491,7 @@ class _Recorder(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.job.total_steps = state.max_steps
+        self.job.step = state.global_step  # the checkpoint's step when resumed
         self.job._last_step_end = time.time()
         self.job._set("training", "training")
 
@@ -447,10 +550,13 @@ class _Recorder(TrainerCallback):
         if job._stop.is_set():
             control.should_training_stop = True
             job._set("training", "stopping after this step")
+            # A checkpoint where it stopped, so a resume repeats no step (the job's _run saves the adapter).
+            control.should_save = model is not None and adapter_is_finite(model)
         elif snapshot:
             if not distributed.any_process(not adapter_is_finite(model)):  # sharded weights: each checks its shard
                 job._save_adapter(job._trainer, model)
                 job.last_snapshot = job.step
+                control.should_save = True  # the Trainer then writes the full checkpoint: optimizer, scheduler, RNG
             else:
                 kept = f"step {job.last_snapshot}" if job.last_snapshot else "none was saved"
                 job._fail(NonFiniteTraining(f"The adapter's weights became NaN or infinite at step {job.step}: "

@@ -264,7 +264,7 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
     assert table["data"] == results["data"]
 
     # A new page (another browser, a reload) opens on the same comparison, read from disk.
-    status, _, runs, results2, _, _, prompts2, tokens2, grid2, files2 = Client(client.src, verbose=False).predict(
+    status, _, runs, results2, _, _, prompts2, tokens2, grid2, files2, *_ = Client(client.src, verbose=False).predict(
         api_name="/load_compare")
     assert sweep.id in status and ">done<" in status
     assert runs["value"] == new_runs and results2["data"] == results["data"]

@@ -2,7 +2,9 @@
 
 A sweep takes every other setting from the Train tab's form, trains one ordinary run per
 combination (studio.sweep.Sweep), evaluates each and builds the probe grid; the tab then shows all
-of it. Any finished runs can be compared the same way by picking them. Numbers come from the run
+of it. Before it starts, the tab says how many steps it will train and how long that takes here
+(studio.estimate); Start sweep waits while another job holds the slot. Any finished runs can be
+compared the same way by picking them, with the settings they differ in. Numbers come from the run
 folders (eval.json, probes.json) and grids from grid.json files, so a reload shows the same page.
 """
 
@@ -16,8 +18,9 @@ import pandas as pd
 from studio import jobs
 from studio.access import require_user
 from studio.files import check_data_source
-from studio.config import label_of, preset_names, sweepable
-from studio.errors import ConfigError, EvalError
+from studio.config import detect_hardware, field_names, label_of, preset_names, sweepable
+from studio.errors import ConfigError, EvalError, StudioError
+from studio.estimate import sweep_estimate
 from studio.evaluate import (
     MEASURE_LABELS, PROBE_MAX_NEW_TOKENS, default_probes, evaluate_run, latest_grid, probe_grid, probe_settings,
     publish_grid, result_row,
@@ -43,6 +46,12 @@ TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, unde
     "damage": "warning", "error": "error",
 }
 MAX_GRID_RUNS = 6  # a wider grid does not read on a screen
+SWEEP_COLUMNS = ["run", "state", "steps", "loss", "train margin", "tuned acc"]  # the empty table's headers
+
+
+def header(key: str) -> str:
+    """A table header: the result's own name, or the label the Train tab gives a setting."""
+    return TABLE_COLUMNS.get(key) or (label_of(key) if key in field_names() else key)
 
 
 def prompt_lines(text: str | None) -> list[str]:
@@ -67,7 +76,30 @@ def results_frame(run_ids: list[str]) -> pd.DataFrame:
     swept = [k for k in keys if k not in TABLE_COLUMNS]
     columns = ["run", *swept, *(k for k in TABLE_COLUMNS if k != "run" and any(k in r for r in rows))]
     data = [[number(r.get(k)) for k in columns] for r in rows]
-    return pd.DataFrame(data, columns=[TABLE_COLUMNS.get(k, k) for k in columns])
+    return pd.DataFrame(data, columns=[header(k) for k in columns])
+
+
+def settings_diff(run_ids: list[str]) -> pd.DataFrame:
+    """The settings in which the picked runs differ, one row each under its label; empty with fewer than two runs."""
+    configs = {}
+    for run_id in run_ids or []:
+        try:
+            raw = get_run(run_id).read_config_raw()
+        except FileNotFoundError:
+            continue
+        raw.pop("_run", None)
+        configs[run_id] = raw
+    columns = ["setting", *configs]
+    if len(configs) < 2:
+        return pd.DataFrame([], columns=columns)
+    keys = list(dict.fromkeys(k for raw in configs.values() for k in raw))
+    rows = [[header(k), *(_setting_text(raw.get(k)) for raw in configs.values())] for k in keys
+            if len({repr(raw.get(k)) for raw in configs.values()}) > 1]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _setting_text(value) -> str:
+    return "" if value is None else value_text(value) if isinstance(value, (list, tuple, float)) else str(value)
 
 
 def grid_frame(grid: dict | None) -> pd.DataFrame:
@@ -97,7 +129,7 @@ def sweep_html(record: dict | None) -> str:
     entries = record.get("entries") or []
     finished = sum(e.get("state") in ("done", "stopped", "failed", "skipped") for e in entries)
     state = record.get("state", "?")
-    grid = " × ".join(f"{k} [{', '.join(map(value_text, v))}]" for k, v in (record.get("grid") or {}).items())
+    grid = " × ".join(f"{header(k)} [{', '.join(map(value_text, v))}]" for k, v in (record.get("grid") or {}).items())
     parts = [f'<span class="ds-state {escape(state)}">{escape(state)}</span>',
              f"<span>sweep <code>{escape(record.get('id', ''))}</code></span>",
              f"<span>{escape(grid)}</span>", f"<span>runs finished <b>{finished}</b>/{len(entries)}</span>"]
@@ -107,8 +139,61 @@ def sweep_html(record: dict | None) -> str:
 
 def sweep_frame(record: dict | None) -> pd.DataFrame:
     entries = (record or {}).get("entries") or []
+    if not entries:  # named columns: an empty table would otherwise head itself 1 2 3
+        return pd.DataFrame([], columns=SWEEP_COLUMNS)
     keys = list(dict.fromkeys(k for e in entries for k in e))
-    return pd.DataFrame([[number(e.get(k)) for k in keys] for e in entries], columns=keys)
+    return pd.DataFrame([[number(e.get(k)) for k in keys] for e in entries], columns=[header(k) for k in keys])
+
+
+def estimate_markdown(base, grid: dict[str, list], hardware) -> str:
+    """What a sweep of `grid` will cost before it starts: runs x steps, and the time when a step was measured here."""
+    try:
+        est = sweep_estimate(base, grid, hardware)
+    except StudioError as e:
+        return f"Estimate: not available yet ({e})"
+    steps = est["steps"]
+    per_run = f"{steps[0]} steps" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)} steps"
+    line = f"**Before you start:** {est['runs']} runs × {per_run} = {est['total_steps']} training steps"
+    if est["seconds"] is None:
+        return (f"{line}. Time unknown: no earlier run of {escape(base.model)} ({base.method}) on this machine to "
+                "measure a step from yet; train one run in the Train tab for an estimate.")
+    startup = f" and ~{est['startup']:.0f} s to start each run" if est["startup"] else ""
+    differs = (f" That run differs in {', '.join(est['differs'])}, so the real time will differ."
+               if est["differs"] else "")
+    return (f"{line} × {est['seconds_per_step']:.2f} s a step (measured on run `{est['measured_on']}` here){startup}"
+            f": **about {about(est['seconds'])}**, plus evaluating each run afterwards.{differs}")
+
+
+def about(seconds: float) -> str:
+    """A duration as a person would round it: 40 s, 12 min, 1 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def grid_of(key1: str | None, values1, key2: str | None, values2) -> dict[str, list]:
+    """The sweep's grid from the two Vary rows; ConfigError naming the setting by its label when one is incomplete."""
+    if not key1 or key1 == NONE:
+        raise ConfigError("Pick a setting to vary.")
+    grid = {key1: list(values1 or [])}
+    if key2 and key2 != NONE:
+        if key2 == key1:
+            raise ConfigError(f"{label_of(key1)} is chosen twice; pick two different settings or leave the "
+                              f"second at {NONE}.")
+        grid[key2] = list(values2 or [])
+    for key, values in grid.items():
+        if not values:
+            raise ConfigError(f"Pick at least one value of {label_of(key)} to sweep.")
+    return grid
+
+
+def slot_note(holder: dict | None) -> str:
+    """Why Start sweep is disabled: what holds the one job slot (empty when it is free)."""
+    if holder is None:
+        return ""
+    return (f"⏳ Start sweep waits: {escape(holder.get('title') or 'another job')} is using the job slot "
+            "(one job at a time on this machine). It is enabled again when that ends.")
 
 
 def _newest_sweep() -> dict | None:
@@ -140,9 +225,13 @@ class CompareTab:
                     self.key2 = gr.Dropdown([NONE, *keys], value=NONE, label="and", scale=1, elem_id="sweep-key2")
                     self.values2 = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="values",
                                                scale=3, elem_id="sweep-values2")
+                self.estimate_md = gr.Markdown("", elem_classes="ds-caption", elem_id="sweep-estimate")
+                holder = jobs.holder()
                 with gr.Row():
-                    self.start_sweep = gr.Button("Start sweep", variant="primary", elem_id="sweep-start")
+                    self.start_sweep = gr.Button("Start sweep", variant="primary", elem_id="sweep-start",
+                                                 interactive=holder is None)
                     self.stop_sweep = gr.Button("Stop sweep", variant="stop", elem_id="sweep-stop")
+                self.sweep_note = gr.Markdown(slot_note(holder), elem_classes="ds-caption", elem_id="sweep-busy")
                 record = _newest_sweep()
                 self.sweep_status = gr.HTML(sweep_html(record), elem_id="sweep-status", css_template=STATUS_CSS)
                 self.sweep_table = gr.Dataframe(sweep_frame(record), interactive=False, label="Sweep runs",
@@ -156,6 +245,8 @@ class CompareTab:
                 self.refresh_btn = gr.Button("↻ Refresh", scale=0, min_width=100)
             self.table = gr.Dataframe(results_frame(picked), interactive=False, label="Held-out preference accuracy",
                                       elem_id="compare-table")
+            self.diff = gr.Dataframe(settings_diff(picked), interactive=False, elem_id="compare-diff",
+                                     label="Settings that differ between these runs (pick two or more)")
             gr.Markdown("**baseline / tuned acc**: share of held-out pairs where the SFT model / the tuned model gives "
                         "the chosen answer the higher per-token log-probability. **reward acc**: share where DPO's "
                         "implicit reward prefers the chosen answer. **drift**: per-token log-ratio of tuned to SFT on "
@@ -182,6 +273,7 @@ class CompareTab:
             self.view = gr.State({"sweep_state": (record or {}).get("state"), "sweep": (record or {}).get("id")})
             self.timer = gr.Timer(IDLE_SECONDS)
             self.winrate = WinRateBox(services, self.tab)  # its own section: the preference loop's win rate
+        self.hardware = detect_hardware()
         self._wire()
 
     @staticmethod
@@ -209,9 +301,10 @@ class CompareTab:
         self.timer.tick(self.poll, inputs=self.view, outputs=self.poll_outputs, api_name="poll_sweep",
                         show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
         gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=self.runs,
-              outputs=[self.runs, self.table, self.margins_plot, self.loss_plot], api_name="refresh_compare",
+              outputs=[self.runs, self.table, self.margins_plot, self.loss_plot, self.diff], api_name="refresh_compare",
               concurrency_limit=None, show_progress="hidden")
-        self.runs.change(self.show_runs, inputs=self.runs, outputs=[self.table, self.margins_plot, self.loss_plot],
+        self.runs.change(self.show_runs, inputs=self.runs,
+                         outputs=[self.table, self.margins_plot, self.loss_plot, self.diff],
                          api_name="compare_selected", concurrency_limit=None, show_progress="hidden")
         # Evaluation and grids hold the CPU for minutes: one at a time, in their own queue.
         self.evaluate_btn.click(self.evaluate, inputs=[self.runs, self.prompts, self.max_new_tokens],
@@ -227,13 +320,20 @@ class CompareTab:
             self.start, inputs_kwargs={"preset": train.preset, "key1": self.key1, "values1": self.values1,
                                        "key2": self.key2, "values2": self.values2, "prompts": self.prompts,
                                        "max_new_tokens": self.max_new_tokens, **train.fields},
-            outputs=[self.sweep_status, self.sweep_table, self.view, self.timer], api_name="start_sweep",
-            concurrency_limit=None)
+            outputs=[self.sweep_status, self.sweep_table, self.view, self.timer, self.start_sweep, self.sweep_note],
+            api_name="start_sweep", concurrency_limit=None)
+        # The estimate follows the Vary rows and, on opening the tab, the Train tab's settings.
+        gr.on([self.tab.select, self.key1.change, self.values1.change, self.key2.change, self.values2.change],
+              self.estimate, inputs_kwargs={"key1": self.key1, "values1": self.values1, "key2": self.key2,
+                                            "values2": self.values2, **train.fields},
+              outputs=self.estimate_md, api_name="estimate_sweep", concurrency_limit=None, show_progress="hidden",
+              trigger_mode="always_last")
 
     @property
     def load_outputs(self) -> list:
         return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.prompts, self.max_new_tokens, self.grid, self.files]
+                self.loss_plot, self.prompts, self.max_new_tokens, self.grid, self.files, self.diff, self.start_sweep,
+                self.sweep_note]
 
     def on_load(self) -> tuple:
         """A fresh page: the newest sweep, its runs (or the newest run) side by side, the newest grid."""
@@ -245,13 +345,17 @@ class CompareTab:
         # The probe settings of the grid on show, so "Build probe grid" rebuilds that very grid.
         prompts = grid["prompts"] if grid else self.default_prompts(picked)
         max_new_tokens = (grid or {}).get("settings", {}).get("max_new_tokens", PROBE_MAX_NEW_TOKENS)
+        table, margins, loss, diff = self.show_runs(picked)
+        holder = jobs.holder()
+        view["busy"] = slot_note(holder)
         return (sweep_html(record), sweep_frame(record), view, gr.Dropdown(choices=choices, value=picked),
-                *self.show_runs(picked), "\n".join(prompts), max_new_tokens, grid_view(grid), files or None)
+                table, margins, loss, "\n".join(prompts), max_new_tokens, grid_view(grid), files or None, diff,
+                gr.Button(interactive=holder is None), view["busy"])
 
     @property
     def poll_outputs(self) -> list:
         return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.grid, self.files, self.timer]
+                self.loss_plot, self.grid, self.files, self.timer, self.diff, self.start_sweep, self.sweep_note]
 
     # --- handlers ---
     def suggest(self, key: str):
@@ -263,15 +367,7 @@ class CompareTab:
     def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
               request: gr.Request = None, **fields) -> dict:
         require_user(request, "start a sweep")
-        grid = {key1: list(values1 or [])}
-        if key2 and key2 != NONE:
-            if key2 == key1:
-                raise ConfigError(f"{label_of(key1)} is chosen twice; pick two different settings or leave the "
-                                  f"second at {NONE}.")
-            grid[key2] = list(values2 or [])
-        for key, values in grid.items():
-            if not values:
-                raise ConfigError(f"Pick at least one value of {label_of(key)} to sweep.")
+        grid = grid_of(key1, values1, key2, values2)
         cfg = config_from_widgets(fields)
         cfg = cfg.replace(data=check_data_source(cfg.data),
                           eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
@@ -281,7 +377,18 @@ class CompareTab:
         record = sweep.to_dict()
         gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
         return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
-                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}, self.timer: gr.Timer(POLL_SECONDS)}
+                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}, self.timer: gr.Timer(POLL_SECONDS),
+                self.start_sweep: gr.Button(interactive=False), self.sweep_note: slot_note(sweep.describe())}
+
+    def estimate(self, key1=None, values1=None, key2=None, values2=None, **fields) -> str:
+        """Runs x steps of the sweep the form describes, and its time from a step measured on this machine."""
+        try:
+            grid = grid_of(key1, values1, key2, values2)
+            cfg = config_from_widgets(fields)
+            cfg = cfg.replace(data=check_data_source(cfg.data))
+        except StudioError as e:
+            return f"Estimate: not available yet ({e})"
+        return estimate_markdown(cfg, grid, self.hardware)
 
     @user_errors("Cannot stop the sweep")
     def stop(self, request: gr.Request = None):
@@ -294,12 +401,18 @@ class CompareTab:
         return sweep_html({**sweep.to_dict(), "error": "Stopping: the current run saves its adapter; the rest are skipped."})
 
     def poll(self, view: dict | None) -> dict:
-        """Follow the newest sweep; when it ends, open its comparison (runs, table, curves, grid)."""
+        """Follow the newest sweep; when it ends, open its comparison (runs, table, curves, grid). Start sweep is
+        enabled only while the job slot is free."""
         view = dict(view or {})
+        out: dict = {}
+        holder = jobs.holder()
+        busy = slot_note(holder)
+        if busy != view.get("busy"):
+            out.update({self.start_sweep: gr.Button(interactive=holder is None), self.sweep_note: busy})
+            view["busy"] = busy
         record = _newest_sweep()
         if record is None:
-            return {self.view: view}
-        out: dict = {}
+            return {**out, self.view: view}
         key = (record["id"], record["state"], [e.get("state") for e in record.get("entries", [])],
                [e.get("tuned_accuracy") for e in record.get("entries", [])])
         if repr(key) != view.get("key"):
@@ -311,7 +424,7 @@ class CompareTab:
         live = record["state"] in SWEEP_LIVE
         if live != (view.get("sweep_state") in SWEEP_LIVE) or "key" not in view:
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
-        out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key)}
+        out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy}
         return out
 
     def open_sweep(self, record: dict) -> dict:
@@ -319,7 +432,7 @@ class CompareTab:
         picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
         margins, loss = overlay(picked)
         out = {self.runs: gr.Dropdown(choices=choices, value=picked), self.table: results_frame(picked),
-               self.margins_plot: margins, self.loss_plot: loss}
+               self.margins_plot: margins, self.loss_plot: loss, self.diff: settings_diff(picked)}
         grid = sweep_grid(record["id"])
         if grid is not None:
             out[self.grid] = grid_view(grid)
@@ -332,7 +445,7 @@ class CompareTab:
         return (gr.Dropdown(choices=choices, value=kept), *self.show_runs(kept))
 
     def show_runs(self, picked: list[str] | None):
-        return (results_frame(picked or []), *overlay(picked))
+        return (results_frame(picked or []), *overlay(picked), settings_diff(picked or []))
 
     def _engine(self, runs):
         import torch

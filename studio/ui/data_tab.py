@@ -2,7 +2,8 @@
 
 The report is `studio.data.load_preferences`, the same call as `python -m studio data check`: detected
 layout, counts, dropped rows with their row numbers and reasons, token lengths. When the layout is
-unknown, the engine's message is shown with column-mapping dropdowns filled from the file's columns.
+unknown, or every row was dropped, the tab says which, with column-mapping dropdowns of the file's
+columns pre-selected from their names. A check that first converts the embedded model says so while it waits.
 Uploads are stored by `studio.files` under generated names; one that cannot be read at all is deleted
 at once. Any other path is read only inside the folders `studio.files` allows.
 """
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from studio.data import Columns, load_preferences, peek, token_lengths
+from studio.data import Columns, NoUsablePairs, UnknownLayout, guess_columns, load_preferences, peek, token_lengths
 from studio.errors import StudioError
 from studio.access import require_user
 from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload
 from studio.pools import preference_files
 from studio.runs import data_in_use
-from studio.models import ModelError, display_name
+from studio.models import EMBEDDED_NAME, ModelError, display_name, needs_preparing
 
 from . import charts
 from .common import Services, escape
@@ -30,6 +32,17 @@ from .common import Services, escape
 PREVIEW_PAIRS = 6
 FILE_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".parquet"]
 PARTS = ("prompt", "chosen", "rejected", "system")
+MAPPING_HELP = ("**Map the columns:** pick which column holds each part in the dropdowns below, then press "
+                "**Check with this mapping**. Columns whose names say what they hold are picked already; check that "
+                "*chosen* is the preferred answer.")
+PREPARING = (f"### Preparing the embedded model (one time, ~30 s)…\n\n{EMBEDDED_NAME} is converted once from the "
+             "file it ships in to a form that trains and counts tokens fast; the check of your file follows. "
+             "Later uploads and runs skip this.")
+
+
+def browser_words(message: str) -> str:
+    """An engine message as a browser user acts on it: the mapping dropdowns instead of the CLI's --*-col flags."""
+    return re.sub(r"--(prompt|chosen|rejected|system)-col", r"the \1 column dropdown", message)
 
 PREVIEW_CSS = """
 .ds-pair { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 8px; margin-bottom: 10px; }
@@ -141,8 +154,7 @@ class DataTab:
                 with gr.Column(scale=3):
                     self.summary = gr.Markdown("Upload a file to see its report.", elem_id="data-summary")
             with gr.Group(visible=False) as self.mapping_box:
-                gr.Markdown("**Map the columns.** The layout was not recognised: say which column holds what.",
-                            elem_classes="ds-pad")
+                gr.Markdown(MAPPING_HELP, elem_classes="ds-pad")
                 with gr.Row():
                     self.mapping = {part: gr.Dropdown([], value=None, label=f"{part} column", allow_custom_value=False)
                                     for part in PARTS}
@@ -179,7 +191,19 @@ class DataTab:
                                outputs=outputs, api_name="check_train_data")
 
     # --- handlers ---
-    def check_upload(self, file: str | None, model: str, max_length, request: gr.Request = None) -> dict:
+    def _announced(self, model: str | None, work):
+        """`work()`'s outputs, after a line saying what happens when it first converts the embedded model."""
+        if needs_preparing(model or "embedded"):
+            yield {self.summary: PREPARING}
+        yield work()
+
+    def check_upload(self, file: str | None, model: str, max_length, request: gr.Request = None):
+        if not file:
+            yield {self.summary: gr.skip()}
+            return
+        yield from self._announced(model, lambda: self._check_upload(file, model, max_length, request))
+
+    def _check_upload(self, file: str, model: str, max_length, request: gr.Request = None) -> dict:
         if not file:
             return {self.summary: gr.skip()}
         name = Path(file).name  # Gradio keeps the user's file name for its temporary copy
@@ -201,7 +225,10 @@ class DataTab:
             discard_upload(stored)
         return out
 
-    def check_hub(self, dataset_id: str, model: str, max_length) -> dict:
+    def check_hub(self, dataset_id: str, model: str, max_length):
+        yield from self._announced(model, lambda: self._check_hub(dataset_id, model, max_length))
+
+    def _check_hub(self, dataset_id: str, model: str, max_length) -> dict:
         dataset_id = (dataset_id or "").strip()
         if not dataset_id:
             gr.Warning("Type a hub dataset id such as owner/name.")
@@ -211,7 +238,11 @@ class DataTab:
                                              "Upload a file to check it.")
         return self.check(dataset_id, Columns(), model, max_length, fresh=True)
 
-    def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system) -> dict:
+    def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system):
+        yield from self._announced(model, lambda: self._check_mapped(source, model, max_length, prompt, chosen,
+                                                                     rejected, system))
+
+    def _check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system) -> dict:
         if not source:
             gr.Warning("Upload a file first.")
             return {self.summary: gr.skip()}
@@ -229,7 +260,12 @@ class DataTab:
         return self.check(path, Columns(), model, max_length, fresh=True, title=f"pool {Path(path).parent.name}")
 
     def check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
-                         system_col, request: gr.Request = None) -> dict:
+                         system_col, request: gr.Request = None):
+        yield from self._announced(model, lambda: self._check_train_data(data, model, max_length, prompt_col,
+                                                                         chosen_col, rejected_col, system_col, request))
+
+    def _check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
+                          system_col, request: gr.Request = None) -> dict:
         try:
             require_user(request, "read data files")
         except StudioError as e:
@@ -255,7 +291,7 @@ class DataTab:
         try:
             data = load_preferences(source, columns, tokenizer=tokenizer, max_length=max_length if tokenizer else None)
         except StudioError as e:
-            return self._unknown(source, str(e), title)
+            return self._unknown(source, e, title)
         report = data.report.to_dict()
         lengths = token_lengths(data.pairs, tokenizer) if tokenizer is not None else {}
         note = ("**This is now the training data in the Train tab** (held out: the eval fraction)." if fresh
@@ -274,26 +310,48 @@ class DataTab:
             out.update({self.train_fields[f"{p}_col"]: getattr(columns, p) or "" for p in PARTS})
         return out
 
-    def _unknown(self, source: str, message: str, title: str | None = None) -> dict:
-        """The engine's message, and dropdowns of the columns found when the file itself could be read.
+    def _unknown(self, source: str, error: StudioError, title: str | None = None) -> dict:
+        """What went wrong, and dropdowns of the columns found when the file itself could be read.
 
-        Only a source whose rows could be read (an unknown layout, all rows dropped) is kept as the one
-        to map; for an unreadable file gr.State is cleared, which tells check_upload to discard it.
+        An unknown layout and a recognised layout whose rows were all dropped are told apart; the
+        dropdowns start from the columns used, else from the column names. Only a source whose rows
+        could be read is kept as the one to map; for an unreadable file gr.State is cleared, which tells
+        check_upload to discard it.
         """
         try:
             columns, rows = peek(source) if not is_hub_id(source) else ([], [])
         except (StudioError, OSError):
             columns, rows = [], []
-        out = self._refused(title or Path(source).name or source, message)
+        name = title or Path(source).name or source
+        out = self._refused(name, str(error))
+        picked = guess_columns(columns)
+        if isinstance(error, UnknownLayout):
+            out[self.summary] = (f"### Cannot use {escape(name)}\n\n⚠️ Could not tell which columns hold the prompt, "
+                                 "the chosen and the rejected answer. Columns found: "
+                                 f"{html.escape(', '.join(error.found) or '(none)', quote=False)}.\n\n"
+                                 "Pick them in the dropdowns below, then press **Check with this mapping**.")
+        elif isinstance(error, NoUsablePairs):
+            out[self.dropped] = pd.DataFrame(error.dropped, columns=["row", "reason"])
+            if error.layout:
+                picked = {part: column for part, column in error.used.items() if part in PARTS}
+                used = ", ".join(f"{part} = `{column}`" for part, column in error.used.items())
+                out[self.summary] = (f"### Cannot use {escape(name)}\n\n**Layout:** {escape(error.layout)} · "
+                                     f"**Columns:** {used}\n\n⚠️ The layout was recognised, but all {error.rows} rows "
+                                     "were dropped: none is a usable pair. Each row and why it was dropped is listed "
+                                     "under **Dropped rows**. If these are the wrong columns, pick others below.")
+            else:
+                out[self.summary] = (f"### Cannot use {escape(name)}\n\n⚠️ None of the {error.rows} rows could be read "
+                                     "as a record; each is listed under **Dropped rows** with why.")
         out.update({self.source: source if columns else None, self.mapping_box: gr.Group(visible=bool(columns))})
         if columns:
-            out.update({self.mapping[p]: gr.Dropdown(choices=[("(none)", "")] + columns, value="") for p in PARTS})
+            out.update({self.mapping[p]: gr.Dropdown(choices=[("(none)", "")] + columns, value=picked.get(p, ""))
+                        for p in PARTS})
             out[self.raw] = raw_rows(rows, columns)
         return out
 
     def _refused(self, name: str, message: str) -> dict:
         """A refusal shown where the user acted: in the summary, with the rest of the report cleared."""
-        text = html.escape(message, quote=False)  # the message may quote column names from the file
+        text = html.escape(browser_words(message), quote=False)  # the message may quote column names from the file
         return {self.summary: f"### Cannot use {escape(name)}\n\n⚠️ {text}", self.source: None,
                 self.histogram: charts.token_histogram({}), self.preview: "",
                 self.dropped: pd.DataFrame(columns=["row", "reason"]), self.mapping_box: gr.Group(visible=False)}

@@ -1,7 +1,8 @@
 """Runs tab: every run under STUDIO_HOME with its preset, key settings, state, final metrics and time.
 
-Select runs to overlay their reward margins and loss; download a run's adapter as a zip; delete a run
-after a confirmation. Everything is read from the run folders (`Run.summary()`), nothing is cached.
+Select runs to overlay their reward margins and loss; download a run's adapter as a zip; resume a
+stopped, interrupted or failed run from its last checkpoint; delete a run after a confirmation.
+Everything is read from the run folders (`Run.summary()`), nothing is cached.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from studio.access import require_user
 from studio import jobs
 from studio.export import export_run, list_exports, zip_adapter
 from studio.hub import push_to_hub
+from studio.files import check_data_source
 from studio.runs import delete_run, get_run, list_runs
+from studio.training import TrainingJob
 
 from .common import duration, number, overlay, user_errors, user_message, when
 from .loop import lineage_markdown
@@ -37,6 +40,23 @@ def runs_frame() -> pd.DataFrame:
             s[key] = number(s.get(key))
         rows.append([s.get(key) for key in COLUMNS])
     return pd.DataFrame(rows, columns=list(COLUMNS.values()))
+
+
+def resume_state(run_id: str | None) -> tuple[gr.Button, str]:
+    """The Resume button, enabled only for a run that can go on from a checkpoint, and the line saying why (not)."""
+    if not run_id:
+        return gr.Button(interactive=False), ""
+    try:
+        run = get_run(run_id)
+    except FileNotFoundError:
+        return gr.Button(interactive=False), ""
+    refusal = run.resume_refusal()
+    if refusal is not None:
+        return gr.Button(interactive=False), f"Resume: {refusal}"
+    progress, (_, step) = run.progress(), run.checkpoint()
+    return gr.Button(interactive=True), (f"Run {run.id} is {progress['state']} at step {progress['step']}/"
+                                         f"{progress['total_steps'] or '?'}: **Resume run** goes on from its checkpoint "
+                                         f"at step {step}, with its own settings, in its own folder.")
 
 
 def exports_frame(run_id: str | None) -> pd.DataFrame:
@@ -67,8 +87,12 @@ class RunsTab:
                 self.selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Selected run", scale=4,
                                             elem_id="runs-selected")
                 self.download_btn = gr.Button("Download adapter (.zip)", scale=1, elem_id="runs-download")
+                resumable, note = resume_state(ids[0] if ids else None)
+                self.resume_btn = gr.Button("Resume run", scale=1, elem_id="runs-resume",
+                                            interactive=resumable.interactive)
                 self.delete_btn = gr.Button("Delete run…", variant="stop", scale=1, elem_id="runs-delete")
             self.lineage = gr.Markdown(lineage_markdown(ids[0] if ids else None), elem_id="runs-lineage")
+            self.resume_note = gr.Markdown(note, elem_classes="ds-caption", elem_id="runs-resume-note")
             self.zip_file = gr.File(label="Adapter zip", visible=False, interactive=False)
             with gr.Group(visible=False) as self.confirm_box:
                 self.confirm_text = gr.Markdown()
@@ -104,7 +128,8 @@ class RunsTab:
 
     @property
     def refresh_outputs(self) -> list:
-        return [self.table, self.selected, self.compare, self.margins_plot, self.loss_plot]
+        return [self.table, self.selected, self.compare, self.margins_plot, self.loss_plot, self.resume_btn,
+                self.resume_note]
 
     def _wire(self) -> None:
         gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=[self.selected, self.compare],
@@ -113,6 +138,10 @@ class RunsTab:
         self.compare.change(overlay, inputs=self.compare, outputs=[self.margins_plot, self.loss_plot],
                             api_name="compare_runs", concurrency_limit=None, show_progress="hidden")
         self.download_btn.click(self.download, inputs=self.selected, outputs=self.zip_file, api_name="download_adapter")
+        self.selected.change(resume_state, inputs=self.selected, outputs=[self.resume_btn, self.resume_note],
+                             api_name="resume_state", show_progress="hidden", concurrency_limit=None)
+        self.resume_btn.click(self.resume, inputs=[self.selected, self.compare],
+                              outputs=self.refresh_outputs, api_name="resume_run", concurrency_limit=None)
         self.delete_btn.click(self.ask_delete, inputs=self.selected, outputs=[self.confirm_box, self.confirm_text],
                               api_visibility="private")
         self.cancel_btn.click(lambda: gr.Group(visible=False), outputs=self.confirm_box, api_visibility="private")
@@ -135,8 +164,24 @@ class RunsTab:
     def refresh(self, selected: str | None, compare: list[str] | None):
         ids = [run.id for run in list_runs()]
         kept = [run_id for run_id in (compare or []) if run_id in ids] or ids[:1]
-        return (runs_frame(), gr.Dropdown(choices=ids, value=selected if selected in ids else (ids[0] if ids else None)),
-                gr.Dropdown(choices=ids, value=kept), *overlay(kept))
+        selected = selected if selected in ids else (ids[0] if ids else None)
+        return (runs_frame(), gr.Dropdown(choices=ids, value=selected), gr.Dropdown(choices=ids, value=kept),
+                *overlay(kept), *resume_state(selected))
+
+    @user_errors("Cannot resume")
+    def resume(self, run_id: str | None, compare: list[str] | None, request: gr.Request = None):
+        """Continue the selected run from its last checkpoint on the job slot; the Train tab follows it."""
+        require_user(request, "resume runs")
+        if not run_id:
+            gr.Warning("Select a run first.")
+            return gr.skip()
+        job = TrainingJob.resume(get_run(run_id))  # refused here when it is done, running, diverged or lost its data
+        for source in (job.config.data, job.config.eval_data):  # the web app reads only the folders it may read
+            if source:
+                check_data_source(source)
+        job.start()
+        gr.Info(f"Resuming run {run_id} from step {job.step} of {job.total_steps or '?'}; the Train tab follows it.")
+        return self.refresh(run_id, compare)
 
     @user_errors("Cannot export")
     def export(self, run_id: str | None, fmt: str, quant: str, progress=gr.Progress(), request: gr.Request = None):
