@@ -189,13 +189,13 @@ def data_field(page):
     return page.locator("#data textarea, #data input").first
 
 
-def test_every_phase_is_named_stop_says_so_and_then_the_page_goes_quiet(app_url, page, style_pairs):
-    url, _ = app_url
+def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finishes_the_run(app_url, page, style_pairs):
+    url, home = app_url
     page.goto(url)
     page.locator("#data-upload input[type=file]").set_input_files(str(style_pairs))
     expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
     open_tab(page, "Train")
-    set_number(page, "max-steps", 40)
+    set_number(page, "max-steps", 5)
     set_number(page, "eval-steps", 1)  # an evaluation after every step: the phase must say so
     set_number(page, "max-length", 64)
     set_number(page, "lora-r", 8)
@@ -218,7 +218,7 @@ def test_every_phase_is_named_stop_says_so_and_then_the_page_goes_quiet(app_url,
     seen = page.evaluate("() => window.__statusSeen")
     print("\nstatus lines seen:\n  " + "\n  ".join(seen))
     assert any("loading the model" in t or "preparing data" in t for t in seen), seen
-    assert any(re.search(r"step \d+/40", t) and "training" in t.lower() for t in seen), seen
+    assert any(re.search(r"step \d+/5", t) and "training" in t.lower() for t in seen), seen
     expect(page.locator("#start-btn")).to_be_enabled(timeout=10_000)
 
     # An open page after the run: it only looks, rarely, for a run started elsewhere.
@@ -230,6 +230,23 @@ def test_every_phase_is_named_stop_says_so_and_then_the_page_goes_quiet(app_url,
     print(f"idle page: {len(sent)} requests in {window:.0f} s: " + ", ".join(sorted({u.split('?')[0].rsplit('/', 2)[-1]
                                                                                    for _, _, u in sent})))
     assert len(sent) <= window / 3, sent  # at most one request every 3 s on average
+
+    # Resume from the Runs tab: the stopped run goes on in its own folder to its last planned step.
+    run_id = re.search(r"run (\S+)", seen[-1]).group(1)
+    stopped_at = json.loads((home / "runs" / run_id / "status.json").read_text())["step"]
+    open_tab(page, "Runs")
+    page.get_by_role("button", name="↻ Refresh").last.click()
+    page.locator("#runs-selected input").click()
+    page.get_by_role("option", name=run_id).click()
+    expect(page.locator("#runs-resume-note")).to_contain_text(f"step {stopped_at}", timeout=10_000)
+    page.locator("#runs-resume").click()
+    open_tab(page, "Train")
+    expect(status).to_contain_text(run_id, timeout=30_000)
+    expect(status).to_contain_text("done", ignore_case=True, timeout=STEP_TIMEOUT_MS)
+    expect(status).to_contain_text("step 5/5")
+    steps = [json.loads(line)["step"] for line in (home / "runs" / run_id / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5], steps  # each step logged once, across the stop and the resume
 
 
 def test_a_preset_keeps_the_data_the_user_chose(app_url, page, style_pairs):

@@ -149,6 +149,9 @@ class RunsTab:
                              show_progress="hidden", concurrency_limit=None)
         self.selected.change(lineage_markdown, inputs=self.selected, outputs=self.lineage, api_name="run_lineage",
                              show_progress="hidden", concurrency_limit=None)
+        # A zip link belongs to the run it was made for: another pick hides it.
+        self.selected.change(lambda: gr.File(value=None, visible=False), outputs=self.zip_file,
+                             api_visibility="private", show_progress="hidden", queue=False)
         self.export_btn.click(self.export, inputs=[self.selected, self.export_format, self.export_quant],
                               outputs=self.exports, api_name="export_run", concurrency_limit=1, concurrency_id="export")
         self.push_btn.click(self.push, inputs=[self.selected, self.push_repo, self.push_token], outputs=self.exports,
