@@ -222,7 +222,9 @@ def push_to_hub(run: Run | str, repo_id: str, what: str = "adapter", token: str 
     except Exception as e:  # noqa: BLE001 - every hub failure becomes one readable message without the token
         message = str(e).replace(token, "***")
         name = type(e).__name__
-        if "401" in message or "Unauthorized" in name:
+        # The status code, not "401" in the text: a request id or URL in the message may hold those digits.
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status == 401 or "Unauthorized" in name:
             raise AccessError(f"The hub refused the token (401) for {repo_id}: use a token with write access.") from None
         raise ModelError(f"Push to {repo_id} failed ({name}): {message}") from None
     url = getattr(commit, "repo_url", None) or f"{(os.environ.get('HF_ENDPOINT') or 'https://huggingface.co')}/{repo_id}"
