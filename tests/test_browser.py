@@ -185,16 +185,21 @@ STATUS_LOG_JS = """() => {
 TABS = ("Data", "Train", "Chat", "Runs", "Compare")
 
 
+def upload_and_open_train(page, url: str, path) -> None:
+    """A newcomer's first steps: open the app, upload a file in the Data tab, go to Train."""
+    page.goto(url)
+    page.locator("#data-upload input[type=file]").set_input_files(str(path))
+    expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
+    open_tab(page, "Train")
+
+
 def data_field(page):
     return page.locator("#data textarea, #data input").first
 
 
 def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finishes_the_run(app_url, page, style_pairs):
     url, home = app_url
-    page.goto(url)
-    page.locator("#data-upload input[type=file]").set_input_files(str(style_pairs))
-    expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
-    open_tab(page, "Train")
+    upload_and_open_train(page, url, style_pairs)
     set_number(page, "max-steps", 5)
     set_number(page, "eval-steps", 1)  # an evaluation after every step: the phase must say so
     set_number(page, "max-length", 64)
@@ -251,10 +256,7 @@ def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finish
 
 def test_a_preset_keeps_the_data_the_user_chose(app_url, page, style_pairs):
     url, _ = app_url
-    page.goto(url)
-    page.locator("#data-upload input[type=file]").set_input_files(str(style_pairs))
-    expect(page.locator("#data-summary")).to_contain_text("usable pairs", timeout=180_000)
-    open_tab(page, "Train")
+    upload_and_open_train(page, url, style_pairs)
     uploaded = data_field(page).input_value()
     assert "uploads" in uploaded
     page.locator("#preset input").click()
