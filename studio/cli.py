@@ -439,6 +439,9 @@ def cmd_eval(args) -> int:
             print(f"  {label + ':':<18} {show(base):>6} -> {show(tuned):<6}")
         if result.get("length_ratio") is not None:
             print(f"  {'length ratio:':<18} {result['length_ratio']:.2f}   (tuned mean words / baseline's)")
+        if result.get("chosen_length_ratio") is not None:
+            print(f"  {'vs chosen:':<18} {result['chosen_length_ratio']:.2f}   (tuned mean words / the held-out chosen "
+                  f"answers' {result['chosen_mean_words']:g})")
     for warning in result.get("damage") or []:
         print(f"WARNING: {warning}")
     print(f"saved: {run.path / 'eval.json'}", file=sys.stderr)

@@ -14,7 +14,10 @@ word 4-grams an answer repeats from earlier in itself (a looping answer scores h
 across a column (low = the same phrases everywhere), mean length and its ratio to the baseline's,
 and the share of answers that end on their own rather than at the token limit. `evaluate_run`
 warns (eval.json's `damage`) when held-out accuracy rose while repetition or length moved far from
-the baseline's: the preference may have been learned through length or degenerate text.
+the baseline's: the preference may have been learned through length or degenerate text. Next to the
+baseline's length stands the chosen answers' (`chosen_mean_words`, from the held-out pairs): when the
+preference itself is about length (short direct answers), a tuned length near the chosen answers' is
+the lesson, not damage, and the warning says so.
 
 Readability is the Flesch reading ease, computed here with a small vowel-group syllable counter
 (no dictionary): 206.835 - 1.015 * words/sentences - 84.6 * syllables/words. Higher reads easier;
@@ -233,12 +236,16 @@ def evaluate_run(run, data: str | None = None, engine=None, probes: list[str] | 
     base_answers, base_finished = _baseline_answers(engine, probes, settings) if probes else ([], [])
     with engine._lock:
         drift = kl_drift(engine.model, engine.tokenizer, probes, answers, adapter, batch_size) if probes else None
+    comparison = (probe_comparison(measures(base_answers, base_finished), measures(answers, finished)) if probes
+                  else dict.fromkeys(PROBE_KEYS))
+    chosen_words = chosen_mean_words(pairs.pairs)
     result = {
         "run": run.id,
         **scores,
         "kl_drift": drift,
-        **(probe_comparison(measures(base_answers, base_finished), measures(answers, finished)) if probes
-           else dict.fromkeys(PROBE_KEYS)),
+        **comparison,
+        "chosen_mean_words": chosen_words,
+        "chosen_length_ratio": length_ratio(chosen_words, comparison["mean_words"]),
         "beta": cfg.beta,
         "data": source,
         "max_length": cfg.max_length,
@@ -447,6 +454,13 @@ def length_ratio(baseline_words: float | None, words_: float | None) -> float | 
     return round(words_ / baseline_words, 3)
 
 
+def chosen_mean_words(pairs: list[dict]) -> float | None:
+    """Mean words of the chosen answers: the length the preference itself asks for."""
+    if not pairs:
+        return None
+    return round(sum(len(words(p["chosen"][-1]["content"])) for p in pairs) / len(pairs), 1)
+
+
 def measures(answers: list[str], finished: list[bool] | None = None) -> dict:
     """What a column of answers looks like: length, readability, voice, and the signs of damage.
 
@@ -533,16 +547,24 @@ def damage_warnings(result: dict) -> list[str]:
         if ended is not None and base_ended is not None and ended < base_ended:
             cut = (f"; only {ended:.0%} of them end on their own (baseline {base_ended:.0%}), the rest hit the token "
                    f"limit, so they are longer still")
-        out.append(f"{rose} while the probe answers got {way}: {ratio:.2f}x the baseline's mean words "
-                   f"({result.get('mean_words')} vs {result.get('baseline_mean_words')}; flagged outside "
-                   f"{low}-{high}x){cut}. DPO may have learned length rather than the preference.")
+        said = (f"{rose} while the probe answers got {way}: {ratio:.2f}x the baseline's mean words "
+                f"({result.get('mean_words')} vs {result.get('baseline_mean_words')}; flagged outside {low}-{high}x){cut}.")
+        chosen, to_chosen = result.get("chosen_mean_words"), result.get("chosen_length_ratio")
+        if to_chosen is not None and low <= to_chosen <= high:
+            said += (f" They are about as long as the chosen answers of the held-out pairs ({chosen} words, "
+                     f"{to_chosen:.2f}x): the preference carries this length. Check that it is the length you meant.")
+        else:
+            said += " DPO may have learned length rather than the preference."
+            if to_chosen is not None:
+                said += f" The chosen answers average {chosen} words ({to_chosen:.2f}x)."
+        out.append(said)
     return out
 
 
 # --- one row per run ---------------------------------------------------------------------------
 
 EVAL_KEYS = ("pairs", "baseline_accuracy", "tuned_accuracy", "reward_accuracy", "mean_margin", "kl_drift",
-             *PROBE_KEYS, "damage")
+             *PROBE_KEYS, "chosen_mean_words", "chosen_length_ratio", "damage")
 
 
 def result_row(run: Run, result: dict | None = None) -> dict:

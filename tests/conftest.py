@@ -18,6 +18,34 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; CI installs it (apt-get install chromium)
+# No sandbox (CI runs as root in a container); no GPU, QUIC or background fetches (the runner has no network).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def open_page():
+    """Headless Chromium for one test: `open_page(width, height, timeout_ms=60_000, **context)` gives a fresh page
+    (context keywords such as is_mobile=True go to Playwright's new_context); the browser closes after the test.
+    Skips when playwright or the browser is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser at {CHROMIUM}: apt-get install chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+
+        def new_page(width: int = 1400, height: int = 1000, timeout_ms: int = 60_000, **context):
+            page = browser.new_context(viewport={"width": width, "height": height}, **context).new_page()
+            page.set_default_timeout(timeout_ms)
+            return page
+
+        try:
+            yield new_page
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     # Converting the GGUF takes ~25 s, so it happens once per session (or never, when CI kept a cache).

@@ -9,25 +9,13 @@ import json
 import re
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from studio.training import TrainingJob
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - CI installs it from requirements-dev.txt
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed: pip install -r requirements-dev.txt"),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser at /usr/bin/chromium: apt-get install chromium"),
-]
+expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt").expect
 
 STEP_TIMEOUT_MS = 600_000  # a CPU step is seconds on an idle 2-core runner; generous for a loaded one
 
@@ -54,13 +42,8 @@ def app_url(launched_app):
 
 
 @pytest.fixture
-def page():
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        yield page
-        browser.close()
+def page(open_page):
+    return open_page(1400, 1000)
 
 
 def set_number(page, elem_id: str, value) -> None:
@@ -266,23 +249,18 @@ def test_a_preset_keeps_the_data_the_user_chose(app_url, page, style_pairs):
     assert data_field(page).input_value() == uploaded
 
 
-def test_on_a_phone_start_is_on_the_first_screen_and_the_chat_panes_stay_side_by_side(app_url):
+def test_on_a_phone_start_is_on_the_first_screen_and_the_chat_panes_stay_side_by_side(app_url, open_page):
     url, _ = app_url
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-        page = phone.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        for name in TABS:  # every tab on the bar, none hidden behind an overflow menu
-            expect(page.get_by_role("tab", name=name)).to_be_visible()
-        open_tab(page, "Train")
-        for elem in ("#start-btn", "#train-status"):
-            box = page.locator(elem).bounding_box()
-            assert box["y"] + box["height"] <= 844, (elem, box)
-        chart = page.locator("#loss-chart").bounding_box()
-        assert chart["width"] >= 300, chart  # full width, not half of a row
-        open_tab(page, "Chat")
-        left, right = (page.locator(p).bounding_box() for p in ("#chat-baseline", "#chat-tuned"))
-        assert abs(left["y"] - right["y"]) < 4 and left["x"] + left["width"] <= right["x"] + 1, (left, right)
-        browser.close()
+    page = open_page(390, 844, is_mobile=True, has_touch=True)
+    page.goto(url)
+    for name in TABS:  # every tab on the bar, none hidden behind an overflow menu
+        expect(page.get_by_role("tab", name=name)).to_be_visible()
+    open_tab(page, "Train")
+    for elem in ("#start-btn", "#train-status"):
+        box = page.locator(elem).bounding_box()
+        assert box["y"] + box["height"] <= 844, (elem, box)
+    chart = page.locator("#loss-chart").bounding_box()
+    assert chart["width"] >= 300, chart  # full width, not half of a row
+    open_tab(page, "Chat")
+    left, right = (page.locator(p).bounding_box() for p in ("#chat-baseline", "#chat-tuned"))
+    assert abs(left["y"] - right["y"]) < 4 and left["x"] + left["width"] <= right["x"] + 1, (left, right)

@@ -77,7 +77,7 @@ def test_dpo_moves_the_preference_towards_the_chosen_answers(trained_eval):
     assert r["beta"] == 0.1 and r["dtype"] == "float32"
 
 
-def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval):
+def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval, style_pairs):
     r = trained_eval
     for key in (*PROBE_KEYS, "damage"):
         assert key in r, key
@@ -87,6 +87,11 @@ def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval):
     assert r["distinct_2"] > 0 and r["baseline_distinct_2"] > 0
     assert r["mean_words"] > 0 and r["baseline_mean_words"] > 0
     assert r["length_ratio"] == pytest.approx(r["mean_words"] / r["baseline_mean_words"], abs=1e-3)
+    # The length the preference asks for: the chosen answers of the 12 scored pairs, counted from the file.
+    rows = [json.loads(line) for line in style_pairs.read_text().splitlines()][:12]
+    chosen = sum(len(r_["chosen"].split()) for r_ in rows) / 12
+    assert r["chosen_mean_words"] == pytest.approx(chosen, abs=0.1)
+    assert r["chosen_length_ratio"] == pytest.approx(r["mean_words"] / r["chosen_mean_words"], abs=1e-3)
     probes = r["probes"]
     assert [p["prompt"] for p in probes] == PROBES and all(p["baseline_answer"].strip() for p in probes)
     assert all(isinstance(p["ended_on_own"], bool) and isinstance(p["baseline_ended_on_own"], bool) for p in probes)
@@ -274,6 +279,11 @@ def test_damage_is_flagged_only_when_accuracy_rose_and_the_answers_moved_far():
     assert len(longer) == 1 and "longer" in longer[0] and "token limit" in longer[0]
     assert "shorter" in damage_warnings(_result(length_ratio=low - 0.1))[0]
     assert damage_warnings(_result(length_ratio=high)) == [] and damage_warnings(_result(length_ratio=low)) == []
+    # Shorter than the baseline but as long as the chosen answers: said as the preference's length, not as damage.
+    learned = damage_warnings(_result(length_ratio=0.36, mean_words=36.0, chosen_mean_words=40.0, chosen_length_ratio=0.9))
+    assert len(learned) == 1 and "as long as the chosen answers" in learned[0] and "learned length" not in learned[0]
+    overshot = damage_warnings(_result(length_ratio=0.06, mean_words=6.0, chosen_mean_words=20.0, chosen_length_ratio=0.3))
+    assert "learned length rather than" in overshot[0] and "chosen answers average 20.0 words" in overshot[0]
     both = damage_warnings(_result(repetition=0.5, length_ratio=2.0))
     assert len(both) == 2
     # Accuracy that did not rise: no warning, however the answers changed (the accuracy already says it failed).

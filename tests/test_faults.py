@@ -112,7 +112,8 @@ def test_a_snapshot_exists_after_the_first_step_so_a_killed_run_keeps_one(studio
 def test_a_second_ctrl_c_waits_for_the_save(studio_home, style_pairs):
     """Ctrl-C twice, half a second apart: exit 130, the adapter saved, the run `stopped` (it used to abort)."""
     out = studio_home / "runs" / "ctrl-c"
-    env = {**os.environ, "STUDIO_HOME": str(studio_home), "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: should it ever hang (seen once in a full suite, never alone), SIGABRT prints every thread's stack.
+    env = {**os.environ, "STUDIO_HOME": str(studio_home), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "studio", "train", "--data", str(style_pairs), "--max-steps", "200",
                              "--set", "eval_fraction=0", "--set", "max_length=64", "--set", "lora_r=4",
                              "--set", "save_steps=0", "--out", str(out), "--quiet"],
@@ -122,7 +123,12 @@ def test_a_second_ctrl_c_waits_for_the_save(studio_home, style_pairs):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            pytest.fail(f"train did not exit within 300 s of two Ctrl-C; where its threads were:\n{err[-8000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -2,7 +2,6 @@
 with the keyboard. No model is loaded: the pool holds hand-written answers."""
 
 import json
-from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -14,8 +13,6 @@ from studio.ui.label_tab import LabelTab
 
 from conftest import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 ANSWERS = [("Nine minutes.", "Boiling an egg is a journey that starts with choosing the right pot and water."),
            ("Lisbon.", "Portugal's capital, a city of seven hills and trams, is Lisbon."),
            ("Water it monthly.", "Cacti are remarkable desert plants that need surprisingly careful attention."),
@@ -101,49 +98,43 @@ def test_a_rubric_labels_the_pool_with_a_reason_per_pair(label_app):
     assert len(get_pool(pool.id).decisions("rubric:brief")) == 4
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser at /usr/bin/chromium: apt-get install chromium")
-def test_keyboard_labelling_in_chromium_survives_a_reload(label_app):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+def test_keyboard_labelling_in_chromium_survives_a_reload(label_app, open_page):
     from playwright.sync_api import expect
 
     url, pool = label_app
     me = human("keys")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.set_default_timeout(30_000)
-        page.goto(url)
-        page.get_by_role("tab", name="Grow pairs").click()
-        progress = page.locator("#label-progress")
-        expect(progress).to_contain_text("of 4")
-        name = page.locator("#label-name textarea, #label-name input").first
-        name.fill("keys")
-        name.press("1")  # typed into the name box: a character of the name, not a label
-        name.fill("keys")
-        page.locator("#label-prompt").click()  # leave the box (its blur shows this person's pairs)
-        expect(progress).to_contain_text("0 of 4")
-        expect(progress).to_contain_text("human:keys")
-        shown = page.locator("#label-a").inner_text()
+    page = open_page(1300, 900, timeout_ms=30_000)
+    page.goto(url)
+    page.get_by_role("tab", name="Grow pairs").click()
+    progress = page.locator("#label-progress")
+    expect(progress).to_contain_text("of 4")
+    name = page.locator("#label-name textarea, #label-name input").first
+    name.fill("keys")
+    name.press("1")  # typed into the name box: a character of the name, not a label
+    name.fill("keys")
+    page.locator("#label-prompt").click()  # leave the box (its blur shows this person's pairs)
+    expect(progress).to_contain_text("0 of 4")
+    expect(progress).to_contain_text("human:keys")
+    shown = page.locator("#label-a").inner_text()
 
-        page.keyboard.press("1")
-        expect(progress).to_contain_text("1 of 4")
-        first = pool.pairs()[0]
-        assert get_pool(pool.id).decisions(me)[(first.id, me)].winner == first.a
-        assert pool.candidates()[0]["answers"][first.a]["text"] in shown
+    page.keyboard.press("1")
+    expect(progress).to_contain_text("1 of 4")
+    first = pool.pairs()[0]
+    assert get_pool(pool.id).decisions(me)[(first.id, me)].winner == first.a
+    assert pool.candidates()[0]["answers"][first.a]["text"] in shown
 
-        page.keyboard.press("z")
-        expect(progress).to_contain_text("0 of 4")
-        expect(page.locator("#label-prompt")).to_contain_text("Question 0?")
-        for key, count in (("2", 1), ("3", 2), ("0", 3)):
-            page.keyboard.press(key)
-            expect(progress).to_contain_text(f"{count} of 4")
+    page.keyboard.press("z")
+    expect(progress).to_contain_text("0 of 4")
+    expect(page.locator("#label-prompt")).to_contain_text("Question 0?")
+    for key, count in (("2", 1), ("3", 2), ("0", 3)):
+        page.keyboard.press(key)
+        expect(progress).to_contain_text(f"{count} of 4")
 
-        # A reload: the name comes back from the browser, the counter and the next pair from the pool.
-        page.reload()
-        page.get_by_role("tab", name="Grow pairs").click()
-        expect(progress).to_contain_text("3 of 4")
-        expect(page.locator("#label-prompt")).to_contain_text("Question 3?")
-        assert next_pair(pool, me)["prompt"] == "Question 3?"
-        browser.close()
+    # A reload: the name comes back from the browser, the counter and the next pair from the pool.
+    page.reload()
+    page.get_by_role("tab", name="Grow pairs").click()
+    expect(progress).to_contain_text("3 of 4")
+    expect(page.locator("#label-prompt")).to_contain_text("Question 3?")
+    assert next_pair(pool, me)["prompt"] == "Question 3?"
     outcomes = [d.outcome for d in get_pool(pool.id).decisions(me).values()]
     assert sorted(outcomes) == ["both_bad", "tie", "win"]

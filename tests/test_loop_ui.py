@@ -6,7 +6,6 @@ most 16 tokens, two training steps."""
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -20,9 +19,6 @@ from studio.runs import get_run
 from studio.ui.loop import prompts_from
 from studio.winrate import measure
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PROMPTS = ["What is the capital of France?", "Name a fruit that is yellow.", "How many legs does a spider have?",
            "What colour is the sky on a clear day?", "Say hello in Spanish.", "What do bees make?",
            "Name a planet in our solar system.", "What is 3 + 4?", "What do you call a baby cat?",
@@ -189,91 +185,85 @@ def test_generate_label_judge_train_round_one_and_its_win_rate_through_the_api(a
     assert stopped.info()["state"] == "stopped" and stopped.info()["done"] == len(stopped.candidates()) < len(many)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser at /usr/bin/chromium: apt-get install chromium")
-def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app, open_page):
     from playwright.sync_api import expect
 
     _, url, home = app
     clock = Clock()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(url)
+    page = open_page(1400, 1000, timeout_ms=30_000)
+    page.goto(url)
 
-        # The Train tab's form is where a round's settings come from: a few steps, short pairs.
-        page.get_by_role("tab", name="Train").click()
-        for elem_id, value in (("max-steps", 2), ("max-length", 64), ("lora-r", 8), ("eval-fraction", 0)):
-            box = page.locator(f"#{elem_id} input[type=number]")
-            box.fill(str(value))
-            box.press("Tab")
+    # The Train tab's form is where a round's settings come from: a few steps, short pairs.
+    page.get_by_role("tab", name="Train").click()
+    for elem_id, value in (("max-steps", 2), ("max-length", 64), ("lora-r", 8), ("eval-fraction", 0)):
+        box = page.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))
+        box.press("Tab")
 
-        # 1. Generate a pool from the baseline.
-        page.get_by_role("tab", name="Grow pairs").click()
-        prompts = page.locator("#gen-prompts textarea")
-        if not prompts.is_visible():
-            page.locator("#gen-box").get_by_text("1 · Generate a pool").click()
-        prompts.fill("\n".join(PROMPTS))
-        tokens = page.locator("#gen-max-new-tokens input[type=number]")
-        tokens.fill("16")
-        tokens.press("Tab")
-        before = {p.id for p in list_pools()}
-        page.locator("#gen-start").click()
-        gen_status = page.locator("#gen-status")  # until the click answers, it shows the latest job of any page
-        expect(gen_status).to_contain_text(LIVE)
-        expect(gen_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
-        clock("browser: generate")
-        pool = list_pools()[0]
-        assert pool.id not in before
-        expect(gen_status).to_contain_text(f"Pool {pool.id}: 10 prompts × 2 answers, 10 pairs")
-        assert pool.info()["settings"]["max_new_tokens"] == 16 and len(pool.candidates()) == 10
+    # 1. Generate a pool from the baseline.
+    page.get_by_role("tab", name="Grow pairs").click()
+    prompts = page.locator("#gen-prompts textarea")
+    if not prompts.is_visible():
+        page.locator("#gen-box").get_by_text("1 · Generate a pool").click()
+    prompts.fill("\n".join(PROMPTS))
+    tokens = page.locator("#gen-max-new-tokens input[type=number]")
+    tokens.fill("16")
+    tokens.press("Tab")
+    before = {p.id for p in list_pools()}
+    page.locator("#gen-start").click()
+    gen_status = page.locator("#gen-status")  # until the click answers, it shows the latest job of any page
+    expect(gen_status).to_contain_text(LIVE)
+    expect(gen_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
+    clock("browser: generate")
+    pool = list_pools()[0]
+    assert pool.id not in before
+    expect(gen_status).to_contain_text(f"Pool {pool.id}: 10 prompts × 2 answers, 10 pairs")
+    assert pool.info()["settings"]["max_new_tokens"] == 16 and len(pool.candidates()) == 10
 
-        # 2. The new pool is picked: label 10 pairs blind with the keyboard.
-        progress = page.locator("#label-progress")
-        expect(page.locator("#label-pool input")).to_have_value(re.compile(re.escape(pool.id)))
-        name = page.locator("#label-name textarea, #label-name input").first
-        name.fill("newcomer")
-        page.locator("#label-prompt").click()
-        expect(progress).to_contain_text("0 of 10")
-        expect(progress).to_contain_text("human:newcomer")
-        for n in range(10):
-            page.keyboard.press("1" if n % 2 == 0 else "2")
-            expect(progress).to_contain_text(f"{n + 1} of 10")
-        expect(page.locator("#label-prompt")).to_contain_text("All pairs labelled")
-        me = human("newcomer")
-        assert len(get_pool(pool.id).decisions(me)) == 10
-        clock("browser: label 10 pairs")
+    # 2. The new pool is picked: label 10 pairs blind with the keyboard.
+    progress = page.locator("#label-progress")
+    expect(page.locator("#label-pool input")).to_have_value(re.compile(re.escape(pool.id)))
+    name = page.locator("#label-name textarea, #label-name input").first
+    name.fill("newcomer")
+    page.locator("#label-prompt").click()
+    expect(progress).to_contain_text("0 of 10")
+    expect(progress).to_contain_text("human:newcomer")
+    for n in range(10):
+        page.keyboard.press("1" if n % 2 == 0 else "2")
+        expect(progress).to_contain_text(f"{n + 1} of 10")
+    expect(page.locator("#label-prompt")).to_contain_text("All pairs labelled")
+    me = human("newcomer")
+    assert len(get_pool(pool.id).decisions(me)) == 10
+    clock("browser: label 10 pairs")
 
-        # 3. Train round 1 from them.
-        page.locator("#round-start").click()
-        round_status = page.locator("#round-status")
-        expect(round_status).to_contain_text(LIVE)
-        expect(round_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
-        clock("browser: train round 1")
-        run_id = re.search(r"run (\S+)", round_status.inner_text()).group(1)
-        run = get_run(run_id)
-        assert run.config().round == 1 and run.config().data == str(pool.path / "preferences.jsonl")
-        assert run.config().max_steps == 2 and run.progress()["step"] == 2
+    # 3. Train round 1 from them.
+    page.locator("#round-start").click()
+    round_status = page.locator("#round-status")
+    expect(round_status).to_contain_text(LIVE)
+    expect(round_status).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
+    clock("browser: train round 1")
+    run_id = re.search(r"run (\S+)", round_status.inner_text()).group(1)
+    run = get_run(run_id)
+    assert run.config().round == 1 and run.config().data == str(pool.path / "preferences.jsonl")
+    assert run.config().max_steps == 2 and run.progress()["step"] == 2
 
-        # 4. The Compare tab offers round 1 against the round before it (the baseline): its win rate.
-        page.get_by_role("tab", name="Compare").click()
-        expect(page.locator("#winrate-a input")).to_have_value(re.compile(re.escape(run_id)))
-        expect(page.locator("#winrate-lineage")).to_contain_text("round 1")
-        expect(page.locator("#winrate-b input")).to_have_value(re.compile("SFT baseline"))
-        page.locator("#winrate-prompts textarea").fill("\n".join(HELDOUT))
-        tokens = page.locator("#winrate-max-new-tokens input[type=number]")
-        tokens.fill("16")
-        tokens.press("Tab")
-        page.locator("#winrate-start").click()
-        expect(page.locator("#winrate-status")).to_contain_text(LIVE)
-        expect(page.locator("#winrate-status")).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
-        result = page.locator("#winrate-result")
-        expect(result).to_contain_text("Win rate of A over B")
-        expect(result).to_contain_text("95% CI")
-        expect(result).to_contain_text("length-controlled")
-        clock("browser: win rate")
-        browser.close()
+    # 4. The Compare tab offers round 1 against the round before it (the baseline): its win rate.
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#winrate-a input")).to_have_value(re.compile(re.escape(run_id)))
+    expect(page.locator("#winrate-lineage")).to_contain_text("round 1")
+    expect(page.locator("#winrate-b input")).to_have_value(re.compile("SFT baseline"))
+    page.locator("#winrate-prompts textarea").fill("\n".join(HELDOUT))
+    tokens = page.locator("#winrate-max-new-tokens input[type=number]")
+    tokens.fill("16")
+    tokens.press("Tab")
+    page.locator("#winrate-start").click()
+    expect(page.locator("#winrate-status")).to_contain_text(LIVE)
+    expect(page.locator("#winrate-status")).to_contain_text("done", timeout=JOB_TIMEOUT * 1000)
+    result = page.locator("#winrate-result")
+    expect(result).to_contain_text("Win rate of A over B")
+    expect(result).to_contain_text("95% CI")
+    expect(result).to_contain_text("length-controlled")
+    clock("browser: win rate")
     heldout = next(p for p in list_pools() if p.info().get("kind") == "winrate")
     assert heldout.info()["models"][0]["run"] == run_id
     stored = heldout.info()["winrate"]["rubric:short-answers"]

@@ -42,7 +42,8 @@ TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, unde
     "reward_accuracy": "reward acc", "mean_margin": "eval margin", "kl_drift": "drift",
     "baseline_repetition": "baseline repeat 4g", "repetition": "tuned repeat 4g", "baseline_distinct_2": "baseline distinct-2",
     "distinct_2": "tuned distinct-2", "baseline_mean_words": "baseline words", "mean_words": "tuned words",
-    "length_ratio": "length ratio", "baseline_ended_on_own": "baseline ended", "ended_on_own": "tuned ended",
+    "length_ratio": "length ratio", "chosen_mean_words": "chosen words", "chosen_length_ratio": "length vs chosen",
+    "baseline_ended_on_own": "baseline ended", "ended_on_own": "tuned ended",
     "damage": "warning", "error": "error",
 }
 MAX_GRID_RUNS = 6  # a wider grid does not read on a screen
