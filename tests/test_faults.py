@@ -112,12 +112,15 @@ def test_a_snapshot_exists_after_the_first_step_so_a_killed_run_keeps_one(studio
 def test_a_second_ctrl_c_waits_for_the_save(studio_home, style_pairs):
     """Ctrl-C twice, half a second apart: exit 130, the adapter saved, the run `stopped` (it used to abort)."""
     out = studio_home / "runs" / "ctrl-c"
-    # PYTHONFAULTHANDLER: should it ever hang (seen once in a full suite, never alone), SIGABRT prints every thread's stack.
+    # PYTHONFAULTHANDLER: should it ever hang, SIGABRT prints every thread's stack (that is how the case below was found).
     env = {**os.environ, "STUDIO_HOME": str(studio_home), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "studio", "train", "--data", str(style_pairs), "--max-steps", "200",
                              "--set", "eval_fraction=0", "--set", "max_length=64", "--set", "lora_r=4",
                              "--set", "save_steps=0", "--out", str(out), "--quiet"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            # As in a terminal: a suite started in the background by a script (`pytest … &`) has SIGINT
+                            # ignored, the child would inherit that, and Python then never raises KeyboardInterrupt.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_for(lambda: (out / "status.json").is_file() and (get_run(out).status().get("step") or 0) >= 2, 300)
         proc.send_signal(signal.SIGINT)
