@@ -51,7 +51,8 @@ def step_seconds(run: Run) -> float | None:
 
 def startup_seconds(run: Run) -> float | None:
     rows = [m for m in run.metrics() if "loss" in m and "time" in m]
-    started = run.status().get("first_started") or run.status().get("started")
+    status = run.status()
+    started = status.get("first_started") or status.get("started")
     return rows[0]["time"] - started if rows and started else None
 
 

@@ -447,11 +447,12 @@ def distinct_n(texts: list[str], n: int = 2) -> float | None:
     return len(set(grams)) / len(grams) if grams else None
 
 
-def length_ratio(baseline_words: float | None, words_: float | None) -> float | None:
-    """Mean words of a column over the baseline's (1 = as long; None when the baseline said nothing)."""
-    if not baseline_words or words_ is None:
+def length_ratio(reference_words: float | None, words_: float | None) -> float | None:
+    """Mean words of a column over a reference's: the baseline's or the chosen answers' (1 = as long; None when
+    the reference has no words)."""
+    if not reference_words or words_ is None:
         return None
-    return round(words_ / baseline_words, 3)
+    return round(words_ / reference_words, 3)
 
 
 def chosen_mean_words(pairs: list[dict]) -> float | None:

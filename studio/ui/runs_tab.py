@@ -178,10 +178,12 @@ class RunsTab:
         if not run_id:
             gr.Warning("Select a run first.")
             return gr.skip()
-        job = TrainingJob.resume(get_run(run_id))  # refused here when it is done, running, diverged or lost its data
-        for source in (job.config.data, job.config.eval_data):  # the web app reads only the folders it may read
+        run = get_run(run_id)
+        cfg = run.config()
+        for source in (cfg.data, cfg.eval_data):  # before resume() reads them: the web app reads only its own folders
             if source:
                 check_data_source(source)
+        job = TrainingJob.resume(run)  # refused here when it is done, running, diverged or lost its data
         job.start()
         gr.Info(f"Resuming run {run_id} from step {job.step} of {job.total_steps or '?'}; the Train tab follows it.")
         return self.refresh(run_id, compare)
