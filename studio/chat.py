@@ -12,43 +12,13 @@ import queue
 import threading
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import zerogpu
+from .generation import GenerationSettings, defaults
 from .models import NO_ADAPTER as BASE
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 200
-    temperature: float = 0.0  # 0 = greedy, so baseline and tuned differ only by the adapter
-    top_p: float = 0.9
-    seed: int = 0
-    # Off by default: both hide the looping a damaged model falls into, which the probe measures should see.
-    repetition_penalty: float = 1.0  # > 1 makes tokens already in the answer less likely (1.0 = off)
-    no_repeat_ngram_size: int = 0  # > 0 forbids repeating any n-gram of this many tokens (0 = off)
-
-    def __post_init__(self):
-        from .errors import ConfigError
-
-        if not self.repetition_penalty > 0:
-            raise ConfigError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty!r}")
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size!r}")
-
-    def kwargs(self) -> dict:
-        out = {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        if self.temperature > 0:
-            out.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        # Passed only when set, so generate() runs exactly as before for everyone who leaves them off.
-        if self.repetition_penalty != 1.0:
-            out["repetition_penalty"] = self.repetition_penalty
-        if self.no_repeat_ngram_size:
-            out["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return out
 
 
 class _RowStreamer:
@@ -118,7 +88,7 @@ class ChatEngine:
         `finished`, when given, is filled once the stream ends with one flag per row: True where the
         answer ended on its own (EOS), False where it was cut at max_new_tokens.
         """
-        settings = settings or GenerationSettings()
+        settings = settings or defaults("chat")
         done = [False] * len(conversations)
         used = {a: str(self.adapters[a]) for a in adapters if a in self.adapters}
         for texts, done in _generate_on_gpu(id(self), self.model_spec, self.dtype, used, conversations, adapters,

@@ -410,7 +410,8 @@ def cmd_settings(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_run, read_prompts
+    from .evaluate import evaluate_run
+    from .probes import read_prompts
     from .runs import get_run
 
     run = get_run(args.run)
@@ -475,7 +476,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .evaluate import default_probes, probe_grid, read_prompts
+    from .probes import default_probes, probe_grid, read_prompts
     from .runs import get_run
 
     runs = [get_run(r) for r in args.runs]
@@ -504,7 +505,7 @@ def cmd_sweep(args) -> int:
     if not args.grid:
         raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
     grid = parse_grid(args.grid)
-    from .evaluate import read_prompts
+    from .probes import read_prompts
     from .runs import mark_interrupted
 
     probes = read_prompts(args.prompts) if args.prompts else None
@@ -537,7 +538,7 @@ def cmd_sweep(args) -> int:
 
 
 def _probe_settings(max_new_tokens: int | None):
-    from .evaluate import probe_settings
+    from .probes import probe_settings
 
     if max_new_tokens is None:
         return None
@@ -632,7 +633,7 @@ def _table(rows: list[dict]) -> str:
 
 def _grid_text(grid: dict) -> str:
     """The probe grid for a terminal: each prompt, then each column's answer; the measures at the end."""
-    from .evaluate import MEASURE_LABELS
+    from .measures import MEASURE_LABELS
 
     out = []
     for i, prompt in enumerate(grid["prompts"]):
@@ -647,7 +648,7 @@ def _grid_text(grid: dict) -> str:
 def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | None) -> None:
     from pathlib import Path
 
-    from .evaluate import grid_to_csv, grid_to_markdown
+    from .probes import grid_to_csv, grid_to_markdown
 
     for path, text in ((csv_path, grid_to_csv), (markdown_path, grid_to_markdown)):
         if path:

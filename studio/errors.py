@@ -36,6 +36,10 @@ class AccessError(StudioError, PermissionError):
     """A path or action the caller may not use."""
 
 
+class NotFound(StudioError, FileNotFoundError):
+    """No run, pool or sweep by that id (or the id is not a plain name); names the id and where it was looked for."""
+
+
 def user_message(error: BaseException) -> str | None:
     """The message of an error meant for users; None for a bug (which should keep its traceback)."""
     if isinstance(error, StudioError):

@@ -14,16 +14,15 @@ folder's exports.json lists every export of that run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import studio_home
 from .errors import AccessError, ConfigError, ModelError
 from .runs import Run, get_run
+from .store import atomic_path, exports_root, publish_folder, staging_folder
 
 FORMATS = ("adapter", "merged", "gguf")
 MARKER = "export.json"  # in every export folder: marks it as ours, so a later export may replace it
@@ -47,7 +46,8 @@ config.yaml is the run's full configuration (with the backend, device and librar
 
 
 def exports_dir() -> Path:
-    return studio_home() / "exports"
+    """STUDIO_HOME/exports (store.exports_root), which the web app serves downloads from."""
+    return exports_root()
 
 
 def zip_adapter(run: Run, out_dir: Path | None = None) -> Path:
@@ -57,8 +57,8 @@ def zip_adapter(run: Run, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir) if out_dir else exports_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{run.id}-adapter.zip"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    # A download never sees a half-written zip: it is written beside the target and renamed.
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(run.adapter_dir.rglob("*")):
             if path.is_file():
                 archive.write(path, f"{run.id}/adapter/{path.relative_to(run.adapter_dir).as_posix()}")
@@ -67,7 +67,6 @@ def zip_adapter(run: Run, out_dir: Path | None = None) -> Path:
                 archive.write(run.path / name, f"{run.id}/{name}")
         model = run.read_config_raw().get("model", "?")
         archive.writestr(f"{run.id}/README.md", README.format(run_id=run.id, model=model))
-    tmp.replace(target)  # a download never sees a half-written zip
     return target
 
 
@@ -99,10 +98,7 @@ def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quan
     target = Path(out_dir).expanduser().resolve() if out_dir else default_target(run, fmt, quant)
     check_target(target)
     started = time.time()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging_folder(target)
     try:
         writer = {"adapter": _write_adapter, "merged": _write_merged, "gguf": _write_gguf}[fmt]
         extra = writer(run, tmp, quant=quant, progress=progress, should_stop=should_stop)
@@ -123,7 +119,7 @@ def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quan
             **extra,
         }
         (tmp / MARKER).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        _publish(tmp, target)
+        publish_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,18 +138,6 @@ def check_target(target: Path) -> None:
             f"{target} is not empty and is not an earlier DPO Studio export (it has no {MARKER}); "
             f"choose a new or empty folder so nothing of yours is overwritten."
         )
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished folder into place; an earlier export there is swapped out, then removed."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def remember(run: Run, entry: dict) -> None:

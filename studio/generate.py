@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError
+from .generation import defaults
 from .pools import Pool, create_pool, create_pool_at
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -69,7 +70,7 @@ def load_prompts(source: str | Path | list[str]) -> tuple[list[list[dict]], str]
     `source`: a list of prompt strings (pasted lines), `preset:NAME` (the preset's probe bank), a text
     file (one prompt a line, # comments), or a preference data file (its prompts, each once).
     """
-    from .evaluate import default_probes, read_prompts
+    from .probes import default_probes, read_prompts
 
     if isinstance(source, (list, tuple)):
         prompts = [p.strip() for p in source if p and p.strip()]
@@ -113,10 +114,8 @@ def generate_pool(model_spec: str, run=None, prompts=(), k: int = 2, settings=No
     model (made here when None). `out`: the pool folder (default STUDIO_HOME/pools/<new id>).
     `batch_size`: rows per generate call (prompts x k).
     """
-    from .chat import GenerationSettings
-
     check_k(k)
-    settings = settings or GenerationSettings(max_new_tokens=128, temperature=0.8, top_p=0.95)
+    settings = settings or defaults("pool")
     if settings.temperature <= 0:
         raise ConfigError("temperature must be above 0 to sample different answers (0 is greedy: "
                           f"the {k} answers would be identical).")

@@ -176,11 +176,17 @@ class Job:
         self._thread.start()
         return self
 
-    def run_here(self) -> "Job":
-        """Run in the caller's thread without taking the slot: for work a job on the slot (a sweep) runs itself."""
+    def run_here(self, on_start: Callable[["Job"], None] | None = None) -> "Job":
+        """Run in the caller's thread without taking the slot: for work a job on the slot (a sweep) runs itself.
+
+        `on_start(job)` runs once `before_start()` has (the job's folder exists) and before the work: where
+        the caller publishes the job (a sweep's current run), which `is_alive()` already reports as running.
+        """
         self._inline = True
         self.started_at = time.time()
         self.before_start()
+        if on_start is not None:
+            on_start(self)
         self._run()
         return self
 

@@ -123,7 +123,7 @@ class Rubric:
         `finished`: whether each answer ended by itself (a pool records it); None = unknown, and
         a `finished` rule then passes the decision on.
         """
-        from .evaluate import flesch_reading_ease, is_first_person, sentences, words
+        from .measures import flesch_reading_ease, is_first_person, sentences, words
 
         seen = []
         for n, rule in enumerate(self.rules, 1):

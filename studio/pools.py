@@ -14,29 +14,29 @@ back, so the whole history survives a crash, a reload or two browsers labelling 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import studio_home
-from .errors import DataError
-from .runs import _atomic_write, read_jsonl
+from .errors import DataError, NotFound
+from .store import (
+    append_jsonl,
+    atomic_write,
+    children,
+    claim_folder,
+    find,
+    interrupted,
+    pools_root,  # noqa: F401 - named in store.py; imported from here by its older readers
+    read_jsonl,
+)
 
 KINDS = ("generate", "winrate")
 OUTCOMES = ("win", "tie", "both_bad", "skip")  # win: `winner` beat `loser`
 HUMAN_CHOICES = {"A": "win", "B": "win", "tie": "tie", "both_bad": "both_bad", "skip": "skip"}
-
-_append_lock = threading.Lock()
-
-
-def pools_root() -> Path:
-    return studio_home() / "pools"
+INFO = "pool.json"  # marks a folder as a pool
 
 
 def human(name: str) -> str:
@@ -89,7 +89,7 @@ class Pool:
 
     def update(self, **fields) -> dict:
         info = {**self.info(), **fields, "updated": time.time()}
-        _atomic_write(self.path / "pool.json", json.dumps(info, indent=2))
+        atomic_write(self.path / INFO, json.dumps(info, indent=2))
         return info
 
     @property
@@ -109,12 +109,11 @@ class Pool:
                 swap = random.Random(f"{seed}:{self.id}:{pid}").random() < 0.5
                 pairs.append({"id": pid, "first": i, "second": j, "a": j if swap else i, "b": i if swap else j})
         row = {"id": cid, "prompt": prompt_text(messages), "messages": messages, "answers": answers, "pairs": pairs}
-        _append_line(self.path / "candidates.jsonl", row)
+        append_jsonl(self.path / "candidates.jsonl", row)
         return row
 
     def candidates(self) -> list[dict]:
-        path = self.path / "candidates.jsonl"
-        return read_jsonl(path) if path.is_file() else []
+        return read_jsonl(self.path / "candidates.jsonl")
 
     def count_candidates(self) -> int:
         return len(self.candidates())
@@ -128,8 +127,7 @@ class Pool:
 
     # --- labels ---
     def events(self) -> list[dict]:
-        path = self.path / "labels.jsonl"
-        return read_jsonl(path) if path.is_file() else []
+        return read_jsonl(self.path / "labels.jsonl")
 
     def record(self, pair: Pair, labeller: str, outcome: str, winner: int | None = None, reason: str = "",
                **extra) -> dict:
@@ -142,7 +140,7 @@ class Pool:
         event = {"id": uuid.uuid4().hex[:12], "event": "label", "pair": pair.id, "labeller": labeller,
                  "outcome": outcome, "winner": winner if outcome == "win" else None, "loser": loser,
                  "reason": reason, "time": time.time(), **extra}
-        _append_line(self.path / "labels.jsonl", event)
+        append_jsonl(self.path / "labels.jsonl", event)
         return event
 
     def undo(self, labeller: str) -> dict | None:
@@ -153,7 +151,7 @@ class Pool:
         target = live[-1]
         event = {"id": uuid.uuid4().hex[:12], "event": "undo", "target": target["id"], "pair": target["pair"],
                  "labeller": labeller, "time": time.time()}
-        _append_line(self.path / "labels.jsonl", event)
+        append_jsonl(self.path / "labels.jsonl", event)
         return target
 
     def decisions(self, labeller: str | None = None) -> dict[tuple[str, str], Decision]:
@@ -198,23 +196,6 @@ def _live_events(events: list[dict], labeller: str) -> list[dict]:
     return list(live.values())
 
 
-def _append_line(path: Path, row: dict) -> None:
-    """One JSON line, appended in a single write under a file lock, then flushed to disk.
-
-    The lock keeps two processes (the app and a CLI) from interleaving lines; fsync makes a
-    decision survive a crash the moment the click returns.
-    """
-    data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    with _append_lock, open(path, "ab") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def prompt_text(messages: list[dict]) -> str:
     """The prompt as a person reads it: the last user message."""
     users = [m["content"] for m in messages if m.get("role") == "user"]
@@ -228,20 +209,9 @@ def create_pool(kind: str, label: str = "pool", **info) -> Pool:
     """A new, empty pool folder whose id is claimed by an exclusive mkdir (two creators never share one)."""
     if kind not in KINDS:
         raise DataError(f"Unknown pool kind {kind!r}; one of {', '.join(KINDS)}.")
-    root = pools_root()
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in label)[:40].strip("-.") or "pool"
-    for n in range(1, 1000):
-        pool_id = f"{stamp}-{safe}" + (f"-{n}" if n > 1 else "")
-        try:
-            (root / pool_id).mkdir()
-        except FileExistsError:
-            continue
-        pool = Pool(root / pool_id)
-        pool.update(id=pool_id, kind=kind, created=time.time(), state="new", done=0, **info)
-        return pool
-    raise DataError(f"Could not claim a pool folder under {root} for {safe!r}.")
+    pool = Pool(claim_folder("pools", label))
+    pool.update(id=pool.id, kind=kind, created=time.time(), state="new", done=0, **info)
+    return pool
 
 
 def create_pool_at(path: str | Path, kind: str, **info) -> Pool:
@@ -256,37 +226,31 @@ def create_pool_at(path: str | Path, kind: str, **info) -> Pool:
 
 
 def list_pools(root: Path | None = None) -> list[Pool]:
-    root = root or pools_root()
-    if not root.is_dir():
-        return []
-    pools = [Pool(p) for p in root.iterdir() if (p / "pool.json").is_file()]
+    pools = [Pool(p) for p in children("pools", INFO, root)]
     return sorted(pools, key=lambda p: p.info().get("created") or 0, reverse=True)
 
 
-def get_pool(pool: str | Path | Pool) -> Pool:
-    """A pool by folder path or by id under STUDIO_HOME/pools."""
+def get_pool(pool: str | Path | Pool, folders: bool = False) -> Pool:
+    """A pool by id under STUDIO_HOME/pools (an id is a name, never a path), or by folder.
+
+    A `Path` is a folder the program chose; a string is a folder only with `folders=True` (the CLI's argument).
+    """
     if isinstance(pool, Pool):
         return pool
-    path = Path(pool)
-    if not (path / "pool.json").is_file():
-        path = pools_root() / str(pool)
-    if not (path / "pool.json").is_file():
-        known = ", ".join(p.id for p in list_pools()[:10]) or "none yet"
-        raise FileNotFoundError(f"No pool {pool!r} (a pool folder or an id under {pools_root()}). Pools: {known}")
-    return Pool(path)
+    if isinstance(pool, Path) or folders:
+        path = Path(pool).expanduser()
+        if (path / INFO).is_file():
+            return Pool(path)
+        if isinstance(pool, Path):
+            raise NotFound(f"No pool in {path}: it holds no {INFO}.")
+    return Pool(find("pools", str(pool), INFO))
 
 
 def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset()) -> list[str]:
     """Pools left `generating` by a process that died are marked interrupted; their candidates stay usable."""
-    from .runs import _pid_alive
-
     marked = []
-    for pool in list_pools(root):
+    for pool in interrupted(list_pools(root), Pool.info, ("generating",), live_ids):
         info = pool.info()
-        if info.get("state") != "generating" or pool.id in live_ids:
-            continue
-        if info.get("pid") == os.getpid() or _pid_alive(info.get("pid")):
-            continue
         pool.update(state="interrupted", error=f"the process generating it (pid {info.get('pid')}) ended")
         marked.append(pool.id)
     return marked
@@ -337,7 +301,7 @@ def to_preferences(pool: Pool | str, labeller: str | None = None, path: str | Pa
                         "(ties, 'both bad' and skips make no preference).")
     path = Path(path) if path else pool.path / "preferences.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path, len(rows)
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .config import RunConfig, field_names
 from .errors import ConfigError
+from .generation import defaults
 from .pools import Pool, get_pool, to_preferences
+from .store import atomic_write, pools_root
 
 
 def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None, include_original: bool = False,
@@ -63,14 +65,13 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
 def _combined(pool: Pool, prefs: Path, base_cfg: RunConfig) -> Path:
     """The pool's pairs and the original data as one conversational preference file in the pool folder."""
     from .data import Columns, load_preferences
-    from .runs import _atomic_write
 
     columns = Columns(base_cfg.prompt_col, base_cfg.chosen_col, base_cfg.rejected_col, base_cfg.system_col)
     original = load_preferences(base_cfg.data, columns).pairs
     labelled = load_preferences(prefs).pairs
     path = pool.path / "train-with-original.jsonl"
     # Every row in one form (message lists), so the file's layout is detected once for all of them.
-    _atomic_write(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in labelled + original))
+    atomic_write(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in labelled + original))
     return path
 
 
@@ -97,8 +98,6 @@ def lineage(run) -> list[dict]:
 
 
 def _pool_of(data: str) -> str | None:
-    from .pools import pools_root
-
     path = Path(data or "")
     return path.parent.name if path.parent.parent == pools_root() else None
 
@@ -136,8 +135,8 @@ def self_improve_round(preset_name: str = "self-improve-cpu", progress=None, sho
     """
     import time
 
-    from .chat import ChatEngine, GenerationSettings
-    from .evaluate import read_prompts
+    from .chat import ChatEngine
+    from .probes import read_prompts
     from .generate import generate_pool
     from .label import label_with_rubric, load_rubric
     from .pools import preference_rows
@@ -159,9 +158,11 @@ def self_improve_round(preset_name: str = "self-improve-cpu", progress=None, sho
     phase("load model", started)
 
     started = time.time()
-    settings = GenerationSettings(max_new_tokens=int(plan.get("max_new_tokens", 128)),
-                                  temperature=float(plan.get("temperature", 0.8)),
-                                  top_p=float(plan.get("top_p", 0.95)), seed=int(plan.get("seed", 0)))
+    pool_defaults = defaults("pool")  # what the plan leaves out
+    settings = pool_defaults.replace(max_new_tokens=int(plan.get("max_new_tokens", pool_defaults.max_new_tokens)),
+                                     temperature=float(plan.get("temperature", pool_defaults.temperature)),
+                                     top_p=float(plan.get("top_p", pool_defaults.top_p)),
+                                     seed=int(plan.get("seed", pool_defaults.seed)))
     pool = generate_pool(cfg.model, None, read_prompts(plan["prompts"]), k=int(plan.get("k", 2)), settings=settings,
                          progress=progress, should_stop=should_stop, engine=engine, prompts_source=plan["prompts"])
     phase("generate", started)
@@ -188,7 +189,8 @@ def self_improve_round(preset_name: str = "self-improve-cpu", progress=None, sho
         return {**report, "stopped": job.state == "stopped", "error": job.error}
 
     started = time.time()
-    eval_settings = GenerationSettings(max_new_tokens=int(plan.get("eval_max_new_tokens", 128)), temperature=0.0)
+    eval_settings = defaults("winrate", max_new_tokens=int(plan.get("eval_max_new_tokens",
+                                                                    defaults("winrate").max_new_tokens)))
     heldout = comparison_pool(job.run.id, "baseline", read_prompts(plan["heldout"]), eval_settings,
                               progress=progress, should_stop=should_stop, engine=engine, prompts_source=plan["heldout"])
     report["heldout_pool"] = heldout.id

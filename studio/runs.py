@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -22,16 +21,27 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, studio_home
+from .config import RunConfig
+from .errors import ConfigError, JobBusy, NotFound
+from .store import (
+    append_jsonl,
+    atomic_write,
+    children,
+    claim_folder,
+    ended_message,
+    find,
+    interrupted,
+    orphaned,
+    pid_alive,
+    read_jsonl,
+    runs_root,  # noqa: F401 - named in store.py; imported from here by its older readers
+)
 
 STATES = ("queued", "loading", "training", "saving", "done", "stopped", "failed", "interrupted")
 LIVE_STATES = ("queued", "loading", "training", "saving")
 RESUMABLE_STATES = ("stopped", "interrupted", "failed")
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' Trainer names its checkpoint folders so
-
-
-def runs_root() -> Path:
-    return studio_home() / "runs"
+STATUS = "status.json"  # marks a folder as a run
 
 
 def claim_run_dir(run_dir: Path | None, label: str = "run") -> Path:
@@ -41,18 +51,8 @@ def claim_run_dir(run_dir: Path | None, label: str = "run") -> Path:
     the same second get two folders). A given folder must be new or empty: a run never writes into
     someone else's files.
     """
-    from .errors import ConfigError
-
     if run_dir is None:
-        root = runs_root()
-        root.mkdir(parents=True, exist_ok=True)
-        while True:
-            path = root / new_run_id(label)
-            try:
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue  # claimed by another process since new_run_id looked
+        return claim_folder("runs", label)
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder: give a new or empty folder for the run.")
@@ -68,16 +68,6 @@ def claim_run_dir(run_dir: Path | None, label: str = "run") -> Path:
     except OSError as e:
         raise ConfigError(f"Cannot write the run folder {path}: {e.strerror or e}.") from None
     return path
-
-
-def new_run_id(label: str = "run") -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = runs_root()
-    run_id, n = f"{stamp}-{label}", 1
-    while (root / run_id).exists():
-        n += 1
-        run_id = f"{stamp}-{label}-{n}"
-    return run_id
 
 
 class MetricsLog:
@@ -98,8 +88,7 @@ class MetricsLog:
         with self._lock:
             self._rows.append(row)
             if self.path is not None:
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(self.path, row)
 
     def since(self, index: int = 0) -> list[dict]:
         with self._lock:
@@ -108,16 +97,6 @@ class MetricsLog:
     def __len__(self) -> int:
         with self._lock:
             return len(self._rows)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line cut short by a crash; the rest is still good
-    return rows
 
 
 @dataclass
@@ -148,7 +127,7 @@ class Run:
         if not self.writes:
             return
         body = {**cfg.to_dict(), **({"_run": extra} if extra else {})}
-        _atomic_write(self.path / "config.yaml", yaml.safe_dump(body, sort_keys=False))
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(body, sort_keys=False))
 
     def read_config_raw(self) -> dict:
         path = self.path / "config.yaml"
@@ -169,7 +148,7 @@ class Run:
         status = {**self.status(), **fields, "updated": time.time()}
         if not self.writes:
             return status
-        _atomic_write(self.path / "status.json", json.dumps(status, indent=2))
+        atomic_write(self.path / "status.json", json.dumps(status, indent=2))
         return status
 
     def status(self) -> dict:
@@ -189,7 +168,7 @@ class Run:
     def write_json(self, name: str, value) -> None:
         if not self.writes:
             return
-        _atomic_write(self.path / name, json.dumps(value, indent=2))
+        atomic_write(self.path / name, json.dumps(value, indent=2))
 
     def read_json(self, name: str):
         path = self.path / name
@@ -199,11 +178,10 @@ class Run:
         """The same dict as TrainingJob.progress(), read from the folder (a run of another process, or a past one)."""
         status = self.status()
         state, started = status.get("state", "unknown"), status.get("started")
-        if state in LIVE_STATES and status.get("pid") != os.getpid() and not _pid_alive(status.get("pid")):
+        if orphaned(status, LIVE_STATES):
             # The process running it died (kill -9, a crash): say so now, not at the next restart.
             state = "interrupted"
-            status["error"] = (f"the process running it (pid {status.get('pid')}) ended while it was "
-                               f"{status.get('state')}")
+            status["error"] = ended_message(status)
         live = state in LIVE_STATES
         end = time.time() if live else (status.get("finished") or status.get("updated"))
         elapsed = end - started if started and end else None
@@ -271,7 +249,7 @@ class Run:
         rows = self.metrics()
         kept = [r for r in rows if (r.get("step") or 0) <= step and "train_runtime" not in r]
         if len(kept) != len(rows):
-            _atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         return len(rows) - len(kept)
 
     def record_resume(self, step: int, checkpoint: Path) -> list[dict]:
@@ -281,7 +259,7 @@ class Run:
         info["resumed"] = [*(info.get("resumed") or []),
                            {"at": time.strftime("%Y-%m-%d %H:%M:%S"), "time": time.time(), "from_step": step,
                             "checkpoint": checkpoint.name}]
-        _atomic_write(self.path / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
+        atomic_write(self.path / "config.yaml", yaml.safe_dump(raw, sort_keys=False))
         return info["resumed"]
 
     def summary(self) -> dict:
@@ -313,13 +291,6 @@ class Run:
         }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # Readers in other threads or processes never see a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def data_in_use(root: Path | None = None) -> set[Path]:
     """Every data file a run reads (its data and held-out data): an upload a run names is never cleaned away."""
     used = set()
@@ -330,56 +301,37 @@ def data_in_use(root: Path | None = None) -> set[Path]:
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
-    root = root or runs_root()
-    if not root.is_dir():
-        return []
-    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "status.json").is_file()]
+    runs = [Run(p) for p in children("runs", STATUS, root)]
     return sorted(runs, key=lambda r: r.status().get("started") or 0, reverse=True)
 
 
-def get_run(run: str | Path) -> Run:
-    """A run by folder path or by id under STUDIO_HOME/runs."""
-    path = Path(run)
-    if not (path / "status.json").is_file():
-        path = runs_root() / str(run)
-    if not (path / "status.json").is_file():
-        known = ", ".join(r.id for r in list_runs()[:10]) or "none yet"
-        raise FileNotFoundError(f"No run {run!r} (a run folder or an id under {runs_root()}). Recent runs: {known}")
-    return Run(path)
+def get_run(run: str | Path | Run, folders: bool = False) -> Run:
+    """A run by id under STUDIO_HOME/runs (an id is a name, never a path), or by folder.
 
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    A `Path` is a folder the program chose; a string is a folder only with `folders=True`, for what the
+    operator types on the command line. NotFound names the id and the recent runs.
+    """
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, Path) or folders:
+        path = Path(run).expanduser()
+        if (path / STATUS).is_file():
+            return Run(path)
+        if isinstance(run, Path):
+            raise NotFound(f"No run in {path}: it holds no {STATUS}.")
+    return Run(find("runs", str(run), STATUS))
 
 
 def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset()) -> list[str]:
     """Runs left in a live state by a process that died are marked interrupted (their files stay)."""
     marked = []
-    for run in list_runs(root):
-        status = run.status()
-        if status.get("state") not in LIVE_STATES or run.id in live_ids:
-            continue
-        if status.get("pid") == os.getpid() or _pid_alive(status.get("pid")):
-            continue
-        run.write_status(
-            state="interrupted",
-            error=f"the process running it (pid {status.get('pid')}) ended while it was {status.get('state')}",
-        )
+    for run in interrupted(list_runs(root), Run.status, LIVE_STATES, live_ids):
+        run.write_status(state="interrupted", error=ended_message(run.status()))
         marked.append(run.id)
     return marked
 
 
 def delete_run(run: Run) -> None:
-    if run.state in LIVE_STATES and _pid_alive(run.status().get("pid")):
-        from .errors import JobBusy
-
+    if run.state in LIVE_STATES and pid_alive(run.status().get("pid")):
         raise JobBusy(f"Run {run.id} is still {run.state}; stop it before deleting it.")
     shutil.rmtree(run.path)

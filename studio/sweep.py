@@ -15,25 +15,23 @@ The Handbook chose its DPO settings this way: many small trainings, compared on 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import re
 import time
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, coerce, field_names, resolve_for_hardware, studio_home
+from .config import ConfigError, RunConfig, coerce, field_names, resolve_for_hardware
 from .jobs import Job, active as active_job
-from .runs import Run, _atomic_write
+from .runs import Run
+from .store import atomic_write, check_name, children, claim_folder, find, slug, sweeps_root
 
 MAX_SETTINGS = 2  # a 2-D grid still reads as a table; more axes are better done one at a time
 MAX_RUNS = 12  # on CPU each run is minutes; a dozen is an afternoon
 UNSWEEPABLE = ("model", "lora_target_modules", "loss_weights")  # one base model per comparison; lists of many values
 STATES = ("queued", "training", "evaluating", "done", "stopped", "failed")
 LIVE_STATES = ("queued", "training", "evaluating")  # the sweep still has work to do
-
-
-def sweeps_root() -> Path:
-    return studio_home() / "sweeps"
+RECORD = "sweep.json"  # marks a folder as a sweep
 
 
 def parse_grid(specs: list[str]) -> dict[str, list]:
@@ -97,9 +95,10 @@ class Sweep(Job):
             resolve_for_hardware(cfg)  # e.g. qlora on CPU: refused before anything runs
         if not base_cfg.data:
             raise ConfigError("No preference data: set data to a file or a hub dataset id.")
-        self.id = sweep_id or _new_sweep_id(preset)
+        # The id is claimed now (an exclusive mkdir), so it can be shown before the sweep starts.
+        self.path = sweeps_root() / check_name("sweeps", sweep_id) if sweep_id else claim_folder("sweeps", preset or "sweep")
+        self.id = self.path.name
         self.title = f"sweep {self.id}"
-        self.path = sweeps_root() / self.id
         self.current = None  # the TrainingJob that runs now
         self.index = -1  # which combination runs now (0-based)
         self.runs: list[Run] = []
@@ -112,6 +111,14 @@ class Sweep(Job):
         return list(self._configs)
 
     # --- control (the slot, stop, wait and is_alive come from Job) ---
+    def start(self) -> "Sweep":
+        try:
+            return super().start()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # a refused start (the slot is busy) leaves no empty sweep folder behind
+            raise
+
     def before_start(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.started = self.started_at
@@ -155,18 +162,18 @@ class Sweep(Job):
 
         label = _slug("-".join(f"{_short(k)}{value_text(v)}" for k, v in self.values[i].items()))
         job = TrainingJob(cfg, preset=self.preset, label=f"{_slug(self.preset or 'sweep')}-{label}")
-        job.started_at = time.time()
-        job.before_start()  # the sweep holds the slot: its runs train in its thread, one after another
-        self.current = job
-        self.runs.append(job.run)
-        job.run.write_json("sweep.json", {"sweep": self.id, "index": i, "values": self.values[i], "grid": self.grid})
-        self.entries[i].update(run=job.run.id, state="training")
-        self._set("training")
-        self.report(f"training run {i + 1}/{len(self._configs)}", i, len(self._configs))
-        if self._stop.is_set():  # stop() came between the check and the start
-            job.stop()
-        job._inline = True
-        job._run()
+
+        def started(job) -> None:  # its run folder exists now
+            self.current = job
+            self.runs.append(job.run)
+            job.run.write_json("sweep.json", {"sweep": self.id, "index": i, "values": self.values[i], "grid": self.grid})
+            self.entries[i].update(run=job.run.id, state="training")
+            self._set("training")
+            self.report(f"training run {i + 1}/{len(self._configs)}", i, len(self._configs))
+            if self._stop.is_set():  # stop() came between the check and the start
+                job.stop()
+
+        job.run_here(on_start=started)  # the sweep holds the slot: its runs train in its thread, one after another
         self.entries[i]["state"] = job.state
         self.current = None
 
@@ -174,7 +181,8 @@ class Sweep(Job):
         import torch
 
         from .chat import ChatEngine
-        from .evaluate import default_probes, evaluate_run, probe_grid, save_grid
+        from .evaluate import evaluate_run
+        from .probes import default_probes, probe_grid, save_grid
 
         done = [r for r in self.runs if r.has_adapter and r.state in ("done", "stopped")]
         if not done:
@@ -230,38 +238,24 @@ class Sweep(Job):
 
     def _save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / "sweep.json", json.dumps(self.to_dict(), indent=2, default=str))
+        atomic_write(self.path / RECORD, json.dumps(self.to_dict(), indent=2, default=str))
 
 
-def load_sweep(sweep_id: str) -> dict:
-    """A sweep's record (sweep.json), by id under STUDIO_HOME/sweeps or by folder path."""
-    path = Path(sweep_id)
-    if not (path / "sweep.json").is_file():
-        path = sweeps_root() / str(sweep_id)
-    if not (path / "sweep.json").is_file():
-        raise FileNotFoundError(f"No sweep {sweep_id!r} under {sweeps_root()}")
-    return json.loads((path / "sweep.json").read_text(encoding="utf-8"))
+def load_sweep(sweep: str | Path) -> dict:
+    """A sweep's record (sweep.json), by id under STUDIO_HOME/sweeps (a name, never a path) or by a `Path`."""
+    path = sweep if isinstance(sweep, Path) else find("sweeps", sweep, RECORD)
+    return json.loads((path / RECORD).read_text(encoding="utf-8"))
 
 
 def sweep_grid(sweep_id: str) -> dict | None:
     """The probe grid a sweep built (grid.json in its folder), or None before it has one."""
-    path = sweeps_root() / sweep_id / "grid.json"
+    path = find("sweeps", sweep_id) / "grid.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def list_sweeps() -> list[dict]:
-    root = sweeps_root()
-    found = [load_sweep(p) for p in root.iterdir() if (p / "sweep.json").is_file()] if root.is_dir() else []
+    found = [load_sweep(p) for p in children("sweeps", RECORD)]
     return sorted(found, key=lambda s: s.get("started") or 0, reverse=True)
-
-
-def _new_sweep_id(preset: str | None) -> str:
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(preset or 'sweep')}"
-    sweep_id, n = base, 1
-    while (sweeps_root() / sweep_id).exists():
-        n += 1
-        sweep_id = f"{base}-{n}"
-    return sweep_id
 
 
 def _short(key: str) -> str:
@@ -277,4 +271,4 @@ def value_text(value) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "sweep"
+    return slug(text, "sweep")

@@ -53,7 +53,7 @@ def check_run(cfg: RunConfig) -> None:
     Raises a StudioError naming the problem; the CLI exits 2 and the web app shows it where Start was
     pressed, and no run folder exists yet.
     """
-    from .data import load_run_data
+    from .training_data import load_run_data
     from .models import check_targets_in_config, load_tokenizer, resolve_model
 
     path = resolve_model(cfg.model)
@@ -313,7 +313,7 @@ class TrainingJob(Job):
         return cfg, choice
 
     def _build_trainer(self):
-        from .data import eval_source, load_run_data, to_trl
+        from .training_data import eval_source, load_run_data, to_trl
         from .models import load_for_training, load_tokenizer, resolve_model
 
         cfg = self.config
@@ -350,7 +350,8 @@ def _check_data_unchanged(run: Run, cfg: RunConfig) -> None:
     The checkpoint's step count and data order are only right for the same pairs; a changed file would
     resume onto other data without a word.
     """
-    from .data import FORMATS, load_run_data
+    from .data import FORMATS
+    from .training_data import load_run_data
     from .models import load_tokenizer, resolve_model
 
     for key in ("data", "eval_data"):

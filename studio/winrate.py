@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import EvalError
 from .generate import Source, fill_pool, resolve_source
+from .generation import defaults
 from .pools import Pool, create_pool, create_pool_at, get_pool
 
 Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal
@@ -38,9 +39,7 @@ def comparison_pool(model_a: str, model_b: str, prompts: list, settings=None, pr
     A model is `embedded` / a model folder / a hub id, a run id, or `baseline` (the SFT base of the
     other model). Greedy by default, so the comparison is reproducible.
     """
-    from .chat import GenerationSettings
-
-    settings = settings or GenerationSettings(max_new_tokens=128, temperature=0.0)
+    settings = settings or defaults("winrate")
     a, b = _pair_of_sources(model_a, model_b)
     convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     if not convs:
@@ -77,7 +76,7 @@ def _short(source: Source) -> str:
 
 def outcomes(pool: Pool | str, labeller: str | None = None) -> tuple[list[float], list[int], list[int], str]:
     """Per decided pair: A's score (1 win, 0.5 tie or both bad, 0 loss), words of A's and B's answers; the labeller."""
-    from .evaluate import words
+    from .measures import words
 
     pool = get_pool(pool)
     if pool.info().get("kind") != "winrate":

@@ -8,10 +8,27 @@ import pytest
 import torch
 
 from studio.config import RunConfig
-from studio.evaluate import (
-    BASELINE_NAME, GENERIC_PROBES, HANDBOOK_PROBE, LENGTH_RATIO_BAND, MEASURE_LABELS, PROBE_KEYS, REPETITION_RISE,
-    EvalError, damage_warnings, default_probes, distinct_n, evaluate_run, flesch_reading_ease, grid_to_csv,
-    grid_to_markdown, measures, probe_grid, probe_settings, repeated_ngram_share, result_row, sequence_logps,
+from studio.evaluate import EvalError, evaluate_run, result_row, sequence_logps
+from studio.measures import (
+    LENGTH_RATIO_BAND,
+    MEASURE_LABELS,
+    PROBE_KEYS,
+    REPETITION_RISE,
+    damage_warnings,
+    distinct_n,
+    flesch_reading_ease,
+    measures,
+    repeated_ngram_share,
+)
+from studio.probes import (
+    BASELINE_NAME,
+    GENERIC_PROBES,
+    HANDBOOK_PROBE,
+    default_probes,
+    grid_to_csv,
+    grid_to_markdown,
+    probe_grid,
+    probe_settings,
 )
 from studio.runs import Run
 from studio.training import TrainingJob

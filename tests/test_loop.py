@@ -153,7 +153,7 @@ def test_continuing_an_adapter_trains_it_against_a_frozen_copy_of_itself(round_o
     from safetensors.torch import load_file
 
     from studio.models import load_adapter_for_training
-    from studio.data import load_run_data, to_trl
+    from studio.training_data import load_run_data, to_trl
     from studio.training import build_trainer
 
     pool, job = round_one

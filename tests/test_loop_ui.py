@@ -12,7 +12,7 @@ from gradio_client import Client
 
 from studio.config import PRESETS_DIR
 from studio.errors import AccessError, DataError
-from studio.evaluate import read_prompts
+from studio.probes import read_prompts
 from studio.pools import get_pool, human, list_pools
 from studio.rounds import lineage
 from studio.runs import get_run

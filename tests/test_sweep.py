@@ -5,7 +5,7 @@ import json
 import pytest
 
 from studio.config import ConfigError, RunConfig
-from studio.evaluate import probe_settings
+from studio.probes import probe_settings
 from studio.runs import list_runs
 from studio.sweep import MAX_RUNS, Sweep, check_grid, load_sweep, parse_grid
 

@@ -13,13 +13,12 @@ import gradio as gr
 
 from studio.access import require_reader
 from studio.chat import GenerationSettings
-from studio.errors import StudioError
 from studio.config import load_preset, preset_names
-from studio.evaluate import HANDBOOK_PROBE
+from studio.probes import HANDBOOK_PROBE
 from studio.models import ModelError, display_name
 from studio.runs import LIVE_STATES, get_run, list_runs
 
-from .common import Services, user_message
+from .common import Services, user_errors
 
 THINKING = "…"
 CUT_MARK = "\n\n*[cut at "  # ends an answer stopped by the token limit, not by the model
@@ -143,31 +142,21 @@ class ChatTab:
     def pane_label(self, run_id: str | None):
         return gr.Chatbot(label=f"DPO · {run_id}" if run_id else "DPO (the run's adapter on)")
 
+    @user_errors("Cannot chat", lambda self, message: {self.status: message})
     def send(self, message, run_id, baseline, tuned, max_new_tokens, temperature, top_p,
              repetition_penalty=1.0, request: gr.Request = None):
         message = (message or "").strip()
         if not message:
             yield {self.status: gr.skip()}
             return
-        try:
-            require_reader(request, "chat")
-        except StudioError as e:
-            gr.Warning(str(e))
-            yield {self.status: str(e)}
-            return
+        require_reader(request, "chat")
         if not run_id:
             problem = "No run to chat with yet: train one in the Train tab (or pick one above)."
             gr.Warning(problem)
             yield {self.status: problem}
             return
-        try:
-            run = get_run(run_id)
-            model = run.config().model
-        except Exception as e:  # noqa: BLE001 - a deleted or unreadable run folder
-            problem = user_message(e) or f"Cannot read run {run_id}: {e}"
-            gr.Warning(problem)
-            yield {self.status: problem}
-            return
+        run = get_run(run_id)  # a run deleted meanwhile is the user's warning; an unreadable one a logged bug
+        model = run.config().model
         user = {"role": "user", "content": message}
         base_history, tuned_history = as_messages(baseline) + [user], as_messages(tuned) + [user]
         loading = not self.services.chat.loaded(model)

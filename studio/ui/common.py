@@ -9,12 +9,32 @@ from __future__ import annotations
 import functools
 import gc
 import html
+import inspect
+import logging
 import threading
 import time
 
 import gradio as gr
 
-from studio.errors import user_message  # noqa: F401 - the tabs' one import for it
+from studio.config import field_names, label_of
+from studio.errors import user_message
+
+log = logging.getLogger("studio.ui")
+# What a user sees of a bug: the server log has the traceback; the exception's own words stay there.
+INTERNAL_ERROR = "Internal error: it is logged on the server with its traceback. What you entered did not cause it."
+
+# The result tables' headers (Compare's table and its sweep's table): result_row() key -> header; swept
+# settings come first, under the labels the Train tab gives them.
+TABLE_COLUMNS = {
+    "run": "run", "state": "state", "step": "steps", "seconds": "seconds", "loss": "loss", "margins": "train margin",
+    "pairs": "pairs", "baseline_accuracy": "baseline acc", "tuned_accuracy": "tuned acc",
+    "reward_accuracy": "reward acc", "mean_margin": "eval margin", "kl_drift": "drift",
+    "baseline_repetition": "baseline repeat 4g", "repetition": "tuned repeat 4g", "baseline_distinct_2": "baseline distinct-2",
+    "distinct_2": "tuned distinct-2", "baseline_mean_words": "baseline words", "mean_words": "tuned words",
+    "length_ratio": "length ratio", "chosen_mean_words": "chosen words", "chosen_length_ratio": "length vs chosen",
+    "baseline_ended_on_own": "baseline ended", "ended_on_own": "tuned ended",
+    "damage": "warning", "error": "error",
+}
 
 class ChatEngines:
     """One `ChatEngine` (one base model, one dtype) at a time, loaded on first use.
@@ -62,24 +82,50 @@ class Services:
 
 
 def user_errors(title: str, fallback=None):
-    """The one error policy of the handlers: a StudioError becomes a warning where the user acted.
+    """The one error policy of the web handlers; every handler that can meet a user's mistake wears it.
 
-    `fallback(self, message)` gives the handler's outputs in that case (default: change nothing).
-    Anything else is a bug and propagates with its traceback to the server log.
+    - A user's problem (a `StudioError`, or a run or pool deleted meanwhile: `user_message` says which)
+      becomes a warning titled `title` naming what was wrong, and `fallback(self, message)` gives the
+      handler's outputs (default: change nothing).
+    - Anything else is a bug. It is never shown as a warning nor in its own words (they may hold paths or
+      secrets): it is logged with its traceback on the server (logger "studio.ui"), and the user sees
+      `INTERNAL_ERROR` as an error, so the event fails and no output pretends it worked.
+    A generator handler (a streaming one) stays a generator, which is how Gradio tells it streams: a user's
+    problem mid-stream yields the fallback's outputs as the last update.
     """
     def wrap(handler):
+        def handled(args, error: Exception):
+            if isinstance(error, gr.Error):  # a handler's own message for the user, shown as it is
+                raise error
+            message = user_message(error)
+            if message is None:
+                log.error("bug in %s (%s)", handler.__qualname__, title, exc_info=error)
+                raise gr.Error(INTERNAL_ERROR, title=title, print_exception=False) from error
+            gr.Warning(message, title=title)
+            return fallback(args[0], message) if fallback else gr.skip()
+
+        if inspect.isgeneratorfunction(handler):
+            @functools.wraps(handler)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - sorted by `handled`
+                    yield handled(args, e)
+            return streaming
+
         @functools.wraps(handler)
         def inner(*args, **kwargs):
             try:
                 return handler(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - sorted by user_message below
-                message = user_message(e)
-                if message is None:
-                    raise
-                gr.Warning(message, title=title)
-                return fallback(args[0], message) if fallback else gr.skip()
+            except Exception as e:  # noqa: BLE001 - sorted by `handled`
+                return handled(args, e)
         return inner
     return wrap
+
+
+def header(key: str) -> str:
+    """A table header: the result's own name, or the label the Train tab gives a setting."""
+    return TABLE_COLUMNS.get(key) or (label_of(key) if key in field_names() else key)
 
 
 def duration(seconds: float | None) -> str:

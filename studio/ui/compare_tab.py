@@ -1,11 +1,9 @@
 """Compare tab: a sweep over one or two settings, then runs side by side — curves, held-out accuracy, probe grid.
 
-A sweep takes every other setting from the Train tab's form, trains one ordinary run per
-combination (studio.sweep.Sweep), evaluates each and builds the probe grid; the tab then shows all
-of it. Before it starts, the tab says how many steps it will train and how long that takes here
-(studio.estimate); Start sweep waits while another job holds the slot. Any finished runs can be
-compared the same way by picking them, with the settings they differ in. Numbers come from the run
-folders (eval.json, probes.json) and grids from grid.json files, so a reload shows the same page.
+The sweep section is a box of its own (sweep_box.py); when a sweep ends, this tab opens its comparison.
+Any finished runs can be compared the same way by picking them, with the settings they differ in.
+Numbers come from the run folders (eval.json, probes.json) and grids from grid.json files, so a reload
+shows the same page. The win rate of one model over another is the box of winrate_box.py.
 """
 
 from __future__ import annotations
@@ -17,47 +15,19 @@ import pandas as pd
 
 from studio import jobs
 from studio.access import require_user
-from studio.files import check_data_source
-from studio.config import detect_hardware, field_names, label_of, preset_names, sweepable
-from studio.errors import ConfigError, EvalError, StudioError
-from studio.estimate import sweep_estimate
-from studio.evaluate import (
-    MEASURE_LABELS, PROBE_MAX_NEW_TOKENS, default_probes, evaluate_run, latest_grid, probe_grid, probe_settings,
-    publish_grid, result_row,
-)
+from studio.config import detect_hardware
+from studio.errors import EvalError
+from studio.evaluate import evaluate_run, result_row
+from studio.measures import MEASURE_LABELS
+from studio.probes import PROBE_MAX_NEW_TOKENS, default_probes, latest_grid, probe_grid, probe_settings, publish_grid
 from studio.runs import LIVE_STATES, get_run, list_runs
-from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, sweep_grid, value_text
+from studio.sweep import LIVE_STATES as SWEEP_LIVE, sweep_grid, value_text
 
-from .common import Services, escape, number, overlay, user_errors
-from .form import config_from_widgets
-from .status import STATUS_CSS, error_html
+from .common import TABLE_COLUMNS, Services, header, number, overlay, user_errors
+from .sweep_box import SweepBox, newest_sweep, prompt_lines, slot_note, sweep_frame, sweep_html
 from .winrate_box import WinRateBox
 
-POLL_SECONDS = 1.0  # while a sweep runs
-IDLE_SECONDS = 5.0  # otherwise: only notice a sweep started elsewhere
-NONE = "(none)"
-TABLE_COLUMNS = {  # result_row() key -> header (swept settings come first, under their own names)
-    "run": "run", "state": "state", "step": "steps", "seconds": "seconds", "loss": "loss", "margins": "train margin",
-    "pairs": "pairs", "baseline_accuracy": "baseline acc", "tuned_accuracy": "tuned acc",
-    "reward_accuracy": "reward acc", "mean_margin": "eval margin", "kl_drift": "drift",
-    "baseline_repetition": "baseline repeat 4g", "repetition": "tuned repeat 4g", "baseline_distinct_2": "baseline distinct-2",
-    "distinct_2": "tuned distinct-2", "baseline_mean_words": "baseline words", "mean_words": "tuned words",
-    "length_ratio": "length ratio", "chosen_mean_words": "chosen words", "chosen_length_ratio": "length vs chosen",
-    "baseline_ended_on_own": "baseline ended", "ended_on_own": "tuned ended",
-    "damage": "warning", "error": "error",
-}
 MAX_GRID_RUNS = 6  # a wider grid does not read on a screen
-SWEEP_COLUMNS = ["run", "state", "steps", "loss", "train margin", "tuned acc"]  # the empty table's headers
-
-
-def header(key: str) -> str:
-    """A table header: the result's own name, or the label the Train tab gives a setting."""
-    return TABLE_COLUMNS.get(key) or (label_of(key) if key in field_names() else key)
-
-
-def prompt_lines(text: str | None) -> list[str]:
-    """The probe prompts of the text box: one a line, blank lines skipped."""
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
 def comparable_runs() -> list[str]:
@@ -124,87 +94,6 @@ def grid_view(grid: dict | None) -> gr.Dataframe:
     return gr.Dataframe(grid_frame(grid), column_widths=grid_widths(grid))
 
 
-def sweep_html(record: dict | None) -> str:
-    if not record:
-        return '<div class="ds-status"><span class="ds-muted">No sweep yet.</span></div>'
-    entries = record.get("entries") or []
-    finished = sum(e.get("state") in ("done", "stopped", "failed", "skipped") for e in entries)
-    state = record.get("state", "?")
-    grid = " × ".join(f"{header(k)} [{', '.join(map(value_text, v))}]" for k, v in (record.get("grid") or {}).items())
-    parts = [f'<span class="ds-state {escape(state)}">{escape(state)}</span>',
-             f"<span>sweep <code>{escape(record.get('id', ''))}</code></span>",
-             f"<span>{escape(grid)}</span>", f"<span>runs finished <b>{finished}</b>/{len(entries)}</span>"]
-    error = f'<div class="ds-error">{escape(record["error"])}</div>' if record.get("error") else ""
-    return f'<div class="ds-status"><div class="ds-line">{"".join(parts)}</div>{error}</div>'
-
-
-def sweep_frame(record: dict | None) -> pd.DataFrame:
-    entries = (record or {}).get("entries") or []
-    if not entries:  # named columns: an empty table would otherwise head itself 1 2 3
-        return pd.DataFrame([], columns=SWEEP_COLUMNS)
-    keys = list(dict.fromkeys(k for e in entries for k in e))
-    return pd.DataFrame([[number(e.get(k)) for k in keys] for e in entries], columns=[header(k) for k in keys])
-
-
-def estimate_markdown(base, grid: dict[str, list], hardware) -> str:
-    """What a sweep of `grid` will cost before it starts: runs x steps, and the time when a step was measured here."""
-    try:
-        est = sweep_estimate(base, grid, hardware)
-    except StudioError as e:
-        return f"Estimate: not available yet ({e})"
-    steps = est["steps"]
-    per_run = f"{steps[0]} steps" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)} steps"
-    line = f"**Before you start:** {est['runs']} runs × {per_run} = {est['total_steps']} training steps"
-    if est["seconds"] is None:
-        return (f"{line}. Time unknown: no earlier run of {escape(base.model)} ({base.method}) on this machine to "
-                "measure a step from yet; train one run in the Train tab for an estimate.")
-    startup = f" and ~{est['startup']:.0f} s to start each run" if est["startup"] else ""
-    differs = (f" That run differs in {', '.join(est['differs'])}, so the real time will differ."
-               if est["differs"] else "")
-    return (f"{line} × {est['seconds_per_step']:.2f} s a step (measured on run `{est['measured_on']}` here){startup}"
-            f": **about {about(est['seconds'])}**, plus evaluating each run afterwards.{differs}")
-
-
-def about(seconds: float) -> str:
-    """A duration as a person would round it: 40 s, 12 min, 1 h 05 min."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def grid_of(key1: str | None, values1, key2: str | None, values2) -> dict[str, list]:
-    """The sweep's grid from the two Vary rows; ConfigError naming the setting by its label when one is incomplete."""
-    if not key1 or key1 == NONE:
-        raise ConfigError("Pick a setting to vary.")
-    grid = {key1: list(values1 or [])}
-    if key2 and key2 != NONE:
-        if key2 == key1:
-            raise ConfigError(f"{label_of(key1)} is chosen twice; pick two different settings or leave the "
-                              f"second at {NONE}.")
-        grid[key2] = list(values2 or [])
-    for key, values in grid.items():
-        if not values:
-            raise ConfigError(f"Pick at least one value of {label_of(key)} to sweep.")
-    return grid
-
-
-def slot_note(holder: dict | None) -> str:
-    """Why Start sweep is disabled: what holds the one job slot (empty when it is free)."""
-    if holder is None:
-        return ""
-    return (f"⏳ Start sweep waits: {escape(holder.get('title') or 'another job')} is using the job slot "
-            "(one job at a time on this machine). It is enabled again when that ends.")
-
-
-def _newest_sweep() -> dict | None:
-    active = Sweep.active()
-    if active is not None:
-        return active.to_dict()
-    sweeps = list_sweeps()
-    return sweeps[0] if sweeps else None
-
-
 class CompareTab:
     def __init__(self, services: Services):
         self.services = services
@@ -212,31 +101,8 @@ class CompareTab:
             gr.Markdown("Train a few runs that differ in one or two settings, then read them side by side: "
                         "their curves, how often each prefers the chosen answer on held-out pairs, and their "
                         "answers to the same probe prompts next to the SFT baseline.", elem_classes="ds-caption")
-            with gr.Accordion("Sweep", open=True):
-                gr.Markdown("Every setting not varied here comes from the **Train** tab's form. The runs train one "
-                            "after another, then each is evaluated and the probe grid is built.",
-                            elem_classes="ds-caption")
-                with gr.Row():
-                    keys = [(label_of(k), k) for k in sweepable()]
-                    self.key1 = gr.Dropdown(keys, value="learning_rate", label="Vary", scale=1, elem_id="sweep-key1")
-                    self.values1 = gr.Dropdown([value_text(v) for v in sweepable()["learning_rate"]], value=["5e-05", "0.0002"],
-                                               multiselect=True, allow_custom_value=True, label="values", scale=3,
-                                               elem_id="sweep-values1")
-                with gr.Row():
-                    self.key2 = gr.Dropdown([NONE, *keys], value=NONE, label="and", scale=1, elem_id="sweep-key2")
-                    self.values2 = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="values",
-                                               scale=3, elem_id="sweep-values2")
-                self.estimate_md = gr.Markdown("", elem_classes="ds-caption", elem_id="sweep-estimate")
-                holder = jobs.holder()
-                with gr.Row():
-                    self.start_sweep = gr.Button("Start sweep", variant="primary", elem_id="sweep-start",
-                                                 interactive=holder is None)
-                    self.stop_sweep = gr.Button("Stop sweep", variant="stop", elem_id="sweep-stop")
-                self.sweep_note = gr.Markdown(slot_note(holder), elem_classes="ds-caption", elem_id="sweep-busy")
-                record = _newest_sweep()
-                self.sweep_status = gr.HTML(sweep_html(record), elem_id="sweep-status", css_template=STATUS_CSS)
-                self.sweep_table = gr.Dataframe(sweep_frame(record), interactive=False, label="Sweep runs",
-                                                elem_id="sweep-table", max_height=300)
+            self.sweep = SweepBox(detect_hardware())
+            record = self.sweep.record
             gr.Markdown("#### Runs side by side")
             choices = comparable_runs()
             picked = self.default_pick(record, choices)
@@ -271,10 +137,7 @@ class CompareTab:
                                      elem_id="compare-grid", max_height=700)
             self.files = gr.File(files or None, file_count="multiple", label="Probe grid as CSV and Markdown",
                                  interactive=False, elem_id="compare-files")
-            self.view = gr.State({"sweep_state": (record or {}).get("state"), "sweep": (record or {}).get("id")})
-            self.timer = gr.Timer(IDLE_SECONDS)
             self.winrate = WinRateBox(services, self.tab)  # its own section: the preference loop's win rate
-        self.hardware = detect_hardware()
         self._wire()
 
     @staticmethod
@@ -294,13 +157,7 @@ class CompareTab:
             return default_probes(None)
 
     def _wire(self) -> None:
-        self.key1.change(self.suggest, inputs=self.key1, outputs=self.values1, api_visibility="private",
-                         show_progress="hidden")
-        self.key2.change(self.suggest, inputs=self.key2, outputs=self.values2, api_visibility="private",
-                         show_progress="hidden")
-        self.stop_sweep.click(self.stop, outputs=self.sweep_status, api_name="stop_sweep", concurrency_limit=None)
-        self.timer.tick(self.poll, inputs=self.view, outputs=self.poll_outputs, api_name="poll_sweep",
-                        show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
+        self.sweep.wire(self.open_sweep, self.poll_outputs)
         gr.on([self.refresh_btn.click, self.tab.select], self.refresh, inputs=self.runs,
               outputs=[self.runs, self.table, self.margins_plot, self.loss_plot, self.diff], api_name="refresh_compare",
               concurrency_limit=None, show_progress="hidden")
@@ -316,29 +173,18 @@ class CompareTab:
                             concurrency_limit=1)
 
     def connect(self, train) -> None:
-        """A sweep starts from the Train tab's form: the same widgets, the same validation as Start."""
-        self.start_sweep.click(
-            self.start, inputs_kwargs={"preset": train.preset, "key1": self.key1, "values1": self.values1,
-                                       "key2": self.key2, "values2": self.values2, "prompts": self.prompts,
-                                       "max_new_tokens": self.max_new_tokens, **train.fields},
-            outputs=[self.sweep_status, self.sweep_table, self.view, self.timer, self.start_sweep, self.sweep_note],
-            api_name="start_sweep", concurrency_limit=None)
-        # The estimate follows the Vary rows and, on opening the tab, the Train tab's settings.
-        gr.on([self.tab.select, self.key1.change, self.values1.change, self.key2.change, self.values2.change],
-              self.estimate, inputs_kwargs={"key1": self.key1, "values1": self.values1, "key2": self.key2,
-                                            "values2": self.values2, **train.fields},
-              outputs=self.estimate_md, api_name="estimate_sweep", concurrency_limit=None, show_progress="hidden",
-              trigger_mode="always_last")
+        """A sweep starts from the Train tab's form, with this tab's probe prompts and length."""
+        self.sweep.connect(train, self.tab, self.prompts, self.max_new_tokens)
 
     @property
     def load_outputs(self) -> list:
-        return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.prompts, self.max_new_tokens, self.grid, self.files, self.diff, self.start_sweep,
-                self.sweep_note]
+        sweep = self.sweep
+        return [sweep.status, sweep.table, sweep.view, self.runs, self.table, self.margins_plot, self.loss_plot,
+                self.prompts, self.max_new_tokens, self.grid, self.files, self.diff, sweep.start_btn, sweep.note]
 
     def on_load(self) -> tuple:
         """A fresh page: the newest sweep, its runs (or the newest run) side by side, the newest grid."""
-        record = _newest_sweep()
+        record = newest_sweep()
         choices = comparable_runs()
         picked = self.default_pick(record, choices)
         grid, files = latest_grid()
@@ -355,80 +201,13 @@ class CompareTab:
 
     @property
     def poll_outputs(self) -> list:
-        return [self.sweep_status, self.sweep_table, self.view, self.runs, self.table, self.margins_plot,
-                self.loss_plot, self.grid, self.files, self.timer, self.diff, self.start_sweep, self.sweep_note]
+        sweep = self.sweep
+        return [sweep.status, sweep.table, sweep.view, self.runs, self.table, self.margins_plot, self.loss_plot,
+                self.grid, self.files, sweep.timer, self.diff, sweep.start_btn, sweep.note]
 
     # --- handlers ---
-    def suggest(self, key: str):
-        if not key or key == NONE:
-            return gr.Dropdown(choices=[], value=[])
-        return gr.Dropdown(choices=[value_text(v) for v in sweepable().get(key, [])], value=[])
-
-    @user_errors("Cannot start the sweep", lambda self, message: {self.sweep_status: error_html(message)})
-    def start(self, preset=None, key1=None, values1=None, key2=None, values2=None, prompts="", max_new_tokens=None,
-              request: gr.Request = None, **fields) -> dict:
-        require_user(request, "start a sweep")
-        grid = grid_of(key1, values1, key2, values2)
-        cfg = config_from_widgets(fields)
-        cfg = cfg.replace(data=check_data_source(cfg.data),
-                          eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
-        probes = prompt_lines(prompts) or None
-        sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
-                      settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()
-        record = sweep.to_dict()
-        gr.Info(f"Sweep {sweep.id}: {len(sweep.configs())} runs queued. The Train tab follows the run in progress.")
-        return {self.sweep_status: sweep_html(record), self.sweep_table: sweep_frame(record),
-                self.view: {"sweep": sweep.id, "sweep_state": record["state"]}, self.timer: gr.Timer(POLL_SECONDS),
-                self.start_sweep: gr.Button(interactive=False), self.sweep_note: slot_note(sweep.describe())}
-
-    def estimate(self, key1=None, values1=None, key2=None, values2=None, **fields) -> str:
-        """Runs x steps of the sweep the form describes, and its time from a step measured on this machine."""
-        try:
-            grid = grid_of(key1, values1, key2, values2)
-            cfg = config_from_widgets(fields)
-            cfg = cfg.replace(data=check_data_source(cfg.data))
-        except StudioError as e:
-            return f"Estimate: not available yet ({e})"
-        return estimate_markdown(cfg, grid, self.hardware)
-
-    @user_errors("Cannot stop the sweep")
-    def stop(self, request: gr.Request = None):
-        require_user(request, "stop a sweep")
-        sweep = Sweep.active()
-        if sweep is None:
-            gr.Info("No sweep is running.")
-            return gr.skip()
-        sweep.stop()
-        return sweep_html({**sweep.to_dict(), "error": "Stopping: the current run saves its adapter; the rest are skipped."})
-
-    def poll(self, view: dict | None) -> dict:
-        """Follow the newest sweep; when it ends, open its comparison (runs, table, curves, grid). Start sweep is
-        enabled only while the job slot is free."""
-        view = dict(view or {})
-        out: dict = {}
-        holder = jobs.holder()
-        busy = slot_note(holder)
-        if busy != view.get("busy"):
-            out.update({self.start_sweep: gr.Button(interactive=holder is None), self.sweep_note: busy})
-            view["busy"] = busy
-        record = _newest_sweep()
-        if record is None:
-            return {**out, self.view: view}
-        key = (record["id"], record["state"], [e.get("state") for e in record.get("entries", [])],
-               [e.get("tuned_accuracy") for e in record.get("entries", [])])
-        if repr(key) != view.get("key"):
-            out[self.sweep_status] = sweep_html(record)
-            out[self.sweep_table] = sweep_frame(record)
-        was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in SWEEP_LIVE
-        if was_live and record["state"] not in SWEEP_LIVE:
-            out.update(self.open_sweep(record))
-        live = record["state"] in SWEEP_LIVE
-        if live != (view.get("sweep_state") in SWEEP_LIVE) or "key" not in view:
-            out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
-        out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy}
-        return out
-
     def open_sweep(self, record: dict) -> dict:
+        """The comparison of a sweep that just ended: its runs picked, their table and curves, its grid."""
         choices = comparable_runs()
         picked = [r for r in record.get("runs", []) if r in choices][:MAX_GRID_RUNS]
         margins, loss = overlay(picked)

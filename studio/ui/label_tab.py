@@ -18,11 +18,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio.errors import user_message
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
 
-from .common import Services
+from .common import Services, user_errors
 from .loop import GenerateBox, JudgeBox, NextRoundBox
 
 RUBRIC_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "presets" / "data" / "self-improve.rubric.yaml"
@@ -215,11 +214,12 @@ class LabelTab:
 
     def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
         if pool_id and pair_id:
-            try:
-                label_human(pool_id, pair_id, choice, human(name))
-            except Exception as e:  # noqa: BLE001 - a deleted pool: say so, keep the page alive
-                gr.Warning(user_message(e) or f"Not saved: {e}")
+            self._save(choice, pool_id, name, pair_id)  # a deleted pool: a warning, and the page stays alive
         return self.show(pool_id, name)
+
+    @user_errors("Not saved")
+    def _save(self, choice: str, pool_id: str, name: str | None, pair_id: str) -> None:
+        label_human(pool_id, pair_id, choice, human(name))
 
     def undo(self, pool_id: str | None, name: str | None):
         if not pool_id:
@@ -233,30 +233,26 @@ class LabelTab:
         if not pool_id:
             gr.Warning("Pick a pool first.")
             return (gr.skip(), *self.show(pool_id, name))
-        try:
-            pool = get_pool(pool_id)
-            rubric = load_rubric(text)
-            counts = label_with_rubric(pool, rubric)
-        except Exception as e:  # noqa: BLE001
-            message = user_message(e)
-            if message is None:
-                raise
-            gr.Warning(message)
+        labelled = self._label_with_rubric(pool_id, text)
+        if labelled is None:
             return (gr.skip(), *self.show(pool_id, name))
+        pool, rubric, counts = labelled
         gr.Info(f"{rubric.labeller}: {counts['win']} with a winner, {counts['tie']} ties, "
                 f"{counts['both_bad']} both bad.")
         return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name))
 
+    @user_errors("Cannot apply the rubric", lambda self, message: None)
+    def _label_with_rubric(self, pool_id: str, text: str):
+        """(pool, rubric, counts) once the rubric labelled the pool; None after a warning."""
+        pool = get_pool(pool_id)
+        rubric = load_rubric(text)
+        return pool, rubric, label_with_rubric(pool, rubric)
+
+    @user_errors("Cannot write the preference file", lambda self, message: f"⚠️ {message}")
     def export(self, pool_id: str | None, labeller: str | None):
         if not pool_id:
             return "Pick a pool first."
-        try:
-            path, rows = to_preferences(pool_id, None if labeller in (None, ALL) else labeller)
-        except Exception as e:  # noqa: BLE001
-            message = user_message(e)
-            if message is None:
-                raise
-            return f"⚠️ {message}"
+        path, rows = to_preferences(pool_id, None if labeller in (None, ALL) else labeller)
         return (f"Wrote **{rows}** pairs to `{path}`: train on it from the Train tab, or check it with "
                 f"`python -m studio data check {path}`.")
 

@@ -18,7 +18,7 @@ from studio.files import check_data_source
 from studio.runs import delete_run, get_run, list_runs
 from studio.training import TrainingJob
 
-from .common import duration, number, overlay, user_errors, user_message, when
+from .common import duration, number, overlay, user_errors, when
 from .loop import lineage_markdown
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
@@ -220,18 +220,13 @@ class RunsTab:
         return gr.Dropdown(value=row[0]) if row else gr.skip()
 
 
+    @user_errors("Cannot download", lambda self, message: gr.File(value=None, visible=False))
     def download(self, run_id: str | None, request: gr.Request = None):
         if not run_id:
             gr.Warning("Select a run first.")
             return gr.File(visible=False)
-        try:
-            require_user(request, "export runs")
-            path = zip_adapter(get_run(run_id))
-        except Exception as e:  # noqa: BLE001 - a user's problem becomes a warning; a bug propagates
-            if user_message(e) is None:
-                raise
-            gr.Warning(user_message(e))
-            return gr.File(value=None, visible=False)
+        require_user(request, "export runs")
+        path = zip_adapter(get_run(run_id))
         return gr.File(value=str(path), visible=True)
 
     def ask_delete(self, run_id: str | None):

@@ -15,7 +15,7 @@ import gradio as gr
 from studio import distributed, memory
 from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
 from studio.access import require_user
-from studio.data import check_sources, eval_source
+from studio.training_data import check_sources, eval_source
 from studio.files import check_data_source
 from studio.errors import ConfigError
 from studio.models import EMBEDDED, resolve_model
@@ -206,13 +206,10 @@ class TrainTab:
         return [*self.poll_outputs, *self.fields.values(), self.preset, self.card, self.method_note, self.eval_note]
 
     # --- handlers ---
+    @user_errors("Cannot load the preset")
     def load_preset(self, name: str, data: str | None = None, eval_data: str | None = None) -> dict:
         """Every field from the preset, its card, and the memory note; data the user chose is kept."""
-        try:
-            preset = load_preset(name)
-        except ConfigError as e:
-            gr.Warning(str(e))
-            return {self.card: gr.skip()}
+        preset = load_preset(name)
         values = {self.fields[k]: widget_value(k, v) for k, v in preset.config.to_dict().items()}
         if data and not is_preset_data(data):
             # The user's own file (checked in the Data tab or typed): a preset never swaps it out silently.

@@ -26,7 +26,8 @@ from studio.rounds import lineage
 from studio.winrate import comparison_pool, measure
 
 from .common import Services, escape, user_errors
-from .loop import BASELINE, JobBox, answering_runs, lineage_markdown
+from .jobbox import JobBox
+from .loop import BASELINE, answering_runs, lineage_markdown
 
 HELDOUT = PRESETS_DIR / "data" / "self-improve.heldout.txt"
 RUBRIC = PRESETS_DIR / "data" / "self-improve.rubric.yaml"

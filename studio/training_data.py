@@ -1,0 +1,61 @@
+"""What a run reads: its training and held-out pairs from its settings, in the form its trainer takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import FORMATS, Columns, load_preferences
+
+def columns_of(cfg) -> Columns:
+    """The column mapping a run's settings give (None: detected from the file)."""
+    return Columns(cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col)
+
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{}\n\n### Response:\n"
+)
+
+
+def load_run_data(cfg, tokenizer):
+    """(all pairs of `data`, train pairs, held-out pairs) exactly as a run with this config uses them.
+
+    The held-out pairs are `eval_data` when set, else a seeded `eval_fraction` of `data`; training
+    and evaluation both call this, so an evaluation scores the very pairs training held out.
+    """
+    columns = columns_of(cfg)
+    data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    if cfg.eval_data:
+        train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    else:
+        train, held_out = data.split(cfg.eval_fraction, cfg.seed)
+    return data, train, held_out
+
+
+def eval_source(cfg) -> str:
+    """Where a run's held-out pairs come from, in words (the Train tab and data.json say it)."""
+    return cfg.eval_data or f"{cfg.eval_fraction:.0%} of the training data (seed {cfg.seed})"
+
+
+def check_sources(cfg) -> None:
+    """Read the run's local data files now, without a tokenizer (fast), so a missing file, an unknown layout or
+    a file with no usable pair is refused before a run starts. Hub ids are left to the run itself."""
+    columns = columns_of(cfg)
+    for source in (cfg.data, cfg.eval_data):
+        if source and (Path(source).exists() or Path(source).suffix.lower() in FORMATS):
+            load_preferences(source, columns)
+
+
+def to_trl(pairs, cfg):
+    """The normalised pairs as a datasets.Dataset in the form the prompt template asks for."""
+    if cfg.prompt_template == "chat":
+        return pairs.to_dataset()
+    from datasets import Dataset
+
+    # The Handbook's recipe: an Alpaca instruction prompt and plain-text answers (TRL appends EOS).
+    rows = []
+    for p in pairs.pairs:
+        users = [m["content"] for m in p["prompt"] if m["role"] == "user"]
+        rows.append({"prompt": ALPACA_TEMPLATE.format(users[-1]), "chosen": p["chosen"][-1]["content"],
+                     "rejected": p["rejected"][-1]["content"]})
+    return Dataset.from_list(rows)
