@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from . import zerogpu
+from .config import detect_hardware
 from .generation import GenerationSettings, defaults
-from .models import NO_ADAPTER as BASE
+from .models import NO_ADAPTER as BASE, attach_adapter, chat_dtype, chat_ids, load_base
 
 
 class _RowStreamer:
@@ -43,9 +44,6 @@ class ChatEngine:
     """Holds one base model; attaches run adapters by name; streams one or several answers."""
 
     def __init__(self, model_spec: str = "embedded", device: str | None = None, dtype=None):
-        from .config import detect_hardware
-        from .models import chat_dtype, load_base
-
         device = device or detect_hardware().device
         self.model_spec = model_spec
         self.dtype = dtype or chat_dtype(device)
@@ -61,7 +59,6 @@ class ChatEngine:
     # --- adapters ---
     def attach(self, adapter_dir: str | Path, name: str) -> str:
         """Attach a trained adapter (idempotent). Returns the name to use in `adapters=`."""
-        from .models import attach_adapter
 
         safe = name.replace(".", "_")  # PEFT adapter names become module attribute names
         if safe not in self.adapters:
@@ -77,8 +74,6 @@ class ChatEngine:
 
     # --- generation ---
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        from .models import chat_ids
-
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True)
 
     def stream(self, conversations: list[list[dict]], adapters: list[str | None],

@@ -12,6 +12,9 @@
 
 RUN is a run id under STUDIO_HOME/runs or a run folder.
 
+Every command that loads a model takes the one job slot (studio/jobs.py) that the web app's jobs take: while
+another process holds it (a training in the app, another command), the command says so and waits its turn.
+
 Exit codes: 0 success, 1 a run that failed, 2 bad input (the message goes to stderr), 130 stopped by Ctrl-C.
 """
 
@@ -19,13 +22,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
 import time
+import typing
+from pathlib import Path
 
-# Heavy imports (torch, transformers) live inside the commands so --help and `presets` answer at once.
-
-
-from .errors import StudioError, user_message
+# The modules that import torch (training, evaluate, probes, chat) are imported inside the commands that need
+# them, so --help, `presets` and `data check` answer at once.
+from .backends import early_import
+from .config import RunConfig, apply_overrides, choices_of, fields_of, load_preset, meta, preset_names
+from .data import Columns, load_preferences
+from .distributed import is_main, world_size
+from .errors import ConfigError, StudioError, user_message
+from .export import export_run
+from .generate import check_sampling, generate_pool, load_prompts
+from .generation import DEFAULTS, GenerationSettings, defaults
+from .hub import push_to_hub
+from .jobs import Job, wait_for_slot
+from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool, label_with_rubric, load_rubric
+from .measures import MEASURE_LABELS
+from .models import is_embedded, load_tokenizer, resolve_model
+from .pools import get_pool, to_preferences
+from .progress import TerminalProgress
+from .runs import get_run, mark_interrupted
+from .sweep import Sweep, parse_grid
+from .winrate import comparison_pool, describe, measure
 
 
 class UserError(StudioError):
@@ -38,15 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .distributed import world_size
 
     if world_size() > 1 and args.func is not cmd_train:  # each process would do the whole command on its own
         print("error: only `train` runs as several processes (torchrun / accelerate launch); run this command "
               "as one process", file=sys.stderr)
         return 2
     if getattr(args, "func", None) in (cmd_train, cmd_sweep):
-        from .backends import early_import
-
         early_import()  # Unsloth patches transformers and PEFT only if it comes first (a no-op without it)
     try:
         return args.func(args) or 0
@@ -102,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run id or run folder")
     ev.add_argument("--data", help="score every usable pair of this file instead of the run's own held-out split")
     ev.add_argument("--prompts", help="probe prompts for the drift measure, one a line (default: the data's probes)")
-    ev.add_argument("--max-new-tokens", type=int, default=None, help="length of the probe answers (default 160)")
+    generation_flags(ev, "probes", "max_new_tokens")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
@@ -110,16 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("run", help="run id or run folder")
     chat.add_argument("--prompt", required=True, help="the user message")
     chat.add_argument("--system", help="an optional system message")
-    chat.add_argument("--max-new-tokens", type=int, default=200)
-    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    chat.add_argument("--seed", type=int, default=0)
+    generation_flags(chat, "chat", "max_new_tokens", "temperature", "seed")
     chat.add_argument("--json", action="store_true", help="print one JSON object")
     chat.set_defaults(func=cmd_chat)
 
     compare = sub.add_parser("compare", help="probe prompts answered by the SFT baseline and each run, side by side")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run ids or run folders")
     compare.add_argument("--prompts", help="one prompt a line (default: the first run's probes)")
-    compare.add_argument("--max-new-tokens", type=int, default=None, help="answer length (default 160)")
+    generation_flags(compare, "probes", "max_new_tokens")
     compare.add_argument("--csv", help="also write the grid to this CSV file")
     compare.add_argument("--markdown", help="also write the grid to this Markdown file")
     compare.add_argument("--json", action="store_true", help="print one JSON object")
@@ -134,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key for every run (repeatable)")
     sweep.add_argument("--max-steps", type=int, help="stop each run after N optimizer steps")
     sweep.add_argument("--prompts", help="probe prompts, one a line (default: the data's probes)")
-    sweep.add_argument("--max-new-tokens", type=int, default=None, help="probe answer length (default 160)")
+    generation_flags(sweep, "probes", "max_new_tokens")
     sweep.add_argument("--no-eval", action="store_true", help="train only; no evaluation or probe grid")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     sweep.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -164,10 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a text file (one prompt a line), a preference data file (its prompts) or preset:NAME")
     gen.add_argument("--k", type=int, default=2, help="answers per prompt, 2 to 4 (default 2)")
     gen.add_argument("--out", help="the pool folder (default STUDIO_HOME/pools/<id>)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, above 0 (default 0.8)")
-    gen.add_argument("--top-p", type=float, default=0.95)
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--seed", type=int, default=0)
+    generation_flags(gen, "pool", "temperature", "top_p", "max_new_tokens", "seed")
     gen.add_argument("--batch-size", type=int, default=16, help="rows per generate call (prompts x k)")
     gen.add_argument("--json", action="store_true", help="print pool.json")
     gen.set_defaults(func=cmd_generate)
@@ -192,9 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     win.add_argument("--template", help="the judge's pairwise prompt file ({prompt}, {a}, {b})")
     win.add_argument("--pool", help="measure an existing win-rate pool instead of generating one")
     win.add_argument("--labeller", help="with --pool: whose decisions count (e.g. human:alice)")
-    win.add_argument("--max-new-tokens", type=int, default=128)
-    win.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    win.add_argument("--seed", type=int, default=0)
+    generation_flags(win, "winrate", "max_new_tokens", "temperature", "seed")
     win.add_argument("--out", help="the pool folder (default STUDIO_HOME/pools/<id>)")
     win.add_argument("--json", action="store_true", help="print one JSON object")
     win.set_defaults(func=cmd_winrate)
@@ -206,12 +219,82 @@ def _column_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}-col", help=f"column holding the {name}")
 
 
+def generation_flags(p: argparse.ArgumentParser, use: str, *names: str) -> None:
+    """--max-new-tokens, --temperature, … from GenerationSettings' metadata, defaulting to the named set `use`."""
+    base = DEFAULTS[use]
+    types = typing.get_type_hints(GenerationSettings)
+    for name in names:
+        m, default = meta(name, GenerationSettings), getattr(base, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=types[name], default=default,
+                       help=f"{m['help']} (default {default:g})")
+    p.set_defaults(generation=(use, names))
+
+
+def generation_settings(args):
+    """The GenerationSettings the flags of `generation_flags` ask for; a bad value names its flag."""
+    use, names = args.generation
+    try:
+        return defaults(use, **{name: getattr(args, name) for name in names})
+    except ConfigError as e:
+        raise UserError(re.sub(r"\b(" + "|".join(names) + r")\b(?= must)",
+                               lambda k: "--" + k[1].replace("_", "-"), str(e))) from None
+
+
+# --- the job slot -----------------------------------------------------------------------------
+
+# Commands that never load a model, so they never wait for the job slot. Every other command runs the part that
+# loads a model as a job on the one slot (studio/jobs.py), queued behind whatever holds it (a web training, another
+# command), with the message the web app refuses with; tests/test_cli_slot.py holds the slot and runs each of them.
+# (`label --rubric` and `winrate --pool` with a rubric or a labeller load no model either: they skip the slot too.)
+NO_MODEL = {
+    "presets": "reads the preset files",
+    "settings": "reads RunConfig's metadata",
+    "data check": "reads a file and at most a tokenizer",
+}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def on_slot(kind: str, title: str, work):
+    """Run `work(job)` as a job on the slot once it is free (saying once what it waits for) and return its result,
+    or raise its exception here. First Ctrl-C asks the work to stop where it can (generation, judging, export),
+    a second one quits at once; the slot is free either way (the kernel drops a dead process's lock)."""
+
+    job = wait_for_slot(Job(kind, title, work), say=_say)
+    try:
+        job.wait()
+    except KeyboardInterrupt:
+        _say("\nstopping after the current step (Ctrl-C again quits at once)…")
+        job.stop()
+        job.wait()
+    if job.exception is not None:
+        raise job.exception
+    return job.result
+
+
+def _judging(args):
+    """`judging(pool, job)`: judge_pool with the --judge model and --template (read and checked before the slot)."""
+
+    template = check_template(Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE)
+    if is_embedded(args.judge):
+        _say(f"note: {WEAK_JUDGE_NOTE}")
+
+    def judging(pool, job):
+        bar = TerminalProgress("judging", "pair")
+        try:
+            return judge_pool(pool, Judge(args.judge, template), progress=bar, should_stop=job.stopping)
+        finally:
+            bar.close()
+
+    return judging
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
 def cmd_presets(args) -> int:
-    from .config import load_preset, preset_names
-
     rows = []
     for name in preset_names():
         preset = load_preset(name)
@@ -227,13 +310,8 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from .config import RunConfig
-    from .data import Columns, load_preferences
-
     tokenizer = None
     if not args.no_tokens:
-        from .models import load_tokenizer, resolve_model
-
         tokenizer = load_tokenizer(resolve_model(args.model))
     max_length = args.max_length or RunConfig.max_length
     columns = Columns(args.prompt_col, args.chosen_col, args.rejected_col, args.system_col)
@@ -260,7 +338,6 @@ def cmd_data_check(args) -> int:
 
 def _preset_config(args):
     """The preset named by --preset with --data, --set and --max-steps applied: (preset, RunConfig)."""
-    from .config import apply_overrides, load_preset
 
     preset = load_preset(args.preset or "cpu-quickstart")
     cfg = preset.config
@@ -287,9 +364,7 @@ def cmd_train(args) -> int:
     if args.quiet:
         _quiet_libraries()
 
-    from .distributed import is_main
-    from .jobs import wait_for_slot
-    from .runs import mark_interrupted
+    # deferred: training imports torch; the CLI's light commands (data check, list) answer without it
     from .training import TrainingJob, check_run
 
     say = lambda message: print(message, file=sys.stderr)  # noqa: E731
@@ -328,7 +403,7 @@ def cmd_train(args) -> int:
 
 def _resume_job(args, say):
     """The TrainingJob that continues --resume RUN; the run's own settings are used, so flags that change them are refused."""
-    from .runs import get_run, mark_interrupted
+    # deferred: training imports torch; the CLI's light commands (data check, list) answer without it
     from .training import TrainingJob
 
     given = [flag for flag, value in (("--preset", args.preset), ("--data", args.data), ("--eval-data", args.eval_data),
@@ -338,7 +413,7 @@ def _resume_job(args, say):
         raise UserError(f"--resume continues a run with the settings it started with; drop {', '.join(given)} "
                         "(or start a new run with them).")
     mark_interrupted()  # a run whose process died is `interrupted` (resumable), not still `training`
-    run = get_run(args.resume)
+    run = get_run(args.resume, folders=True)
     say(f"checking run {run.id} and its data…")
     return TrainingJob.resume(run)
 
@@ -346,7 +421,6 @@ def _resume_job(args, say):
 def _stop_and_save(job, say) -> None:
     """First Ctrl-C: stop at the next step and save. Further Ctrl-C presses are ignored until the save is done,
     because killing the process mid-save is what loses an adapter."""
-    import signal
 
     say("\nstopping: the adapter is saved after the current step (Ctrl-C again will not interrupt the save)…")
     job.stop()
@@ -388,7 +462,6 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
 
 def cmd_settings(args) -> int:
     """Every run setting with its group, type, default, allowed values and help: read from RunConfig itself."""
-    from .config import RunConfig, choices_of, fields_of
 
     default = RunConfig()
     rows = []
@@ -410,15 +483,20 @@ def cmd_settings(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    # deferred: evaluate and probes import torch; the CLI's light commands (data check, list) answer without it
     from .evaluate import evaluate_run
     from .probes import read_prompts
-    from .runs import get_run
 
-    run = get_run(args.run)
+    run = get_run(args.run, folders=True)
     probes = read_prompts(args.prompts) if args.prompts else None
-    settings = _probe_settings(args.max_new_tokens)
-    print(f"evaluating {run.id}…", file=sys.stderr)
-    result = evaluate_run(run, data=args.data, probes=probes, settings=settings)
+    settings = generation_settings(args)
+
+
+    def work(job):
+        _say(f"evaluating {run.id}…")
+        return evaluate_run(run, data=args.data, probes=probes, settings=settings)
+
+    result = on_slot("evaluate", f"evaluating {run.id}", work)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -450,23 +528,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import ChatEngine, GenerationSettings
-    from .runs import get_run
+    # deferred: chat imports torch; the CLI's light commands (data check, list) answer without it
+    from .chat import ChatEngine
 
-    run = get_run(args.run)
+    run = get_run(args.run, folders=True)
     cfg = run.config()
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must be >= 0")
-    engine = ChatEngine(cfg.model)
-    adapter = engine.attach_run(run)
+    settings = generation_settings(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    baseline = tuned = ""
-    for baseline, tuned in engine.stream_pair(messages, messages, adapter, settings):
-        pass
+
+    def work(job):
+        engine = ChatEngine(cfg.model)
+        adapter = engine.attach_run(run)
+        answers = ("", "")
+        for answers in engine.stream_pair(messages, messages, adapter, settings):
+            pass
+        return answers
+
+    baseline, tuned = on_slot("chat", f"chat with run {run.id}", work)
     if args.json:
         print(json.dumps({"run": run.id, "prompt": args.prompt, "baseline": baseline.strip(), "tuned": tuned.strip(),
                           "settings": vars(settings)}, indent=2))
@@ -476,14 +555,19 @@ def cmd_chat(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    # deferred: probes imports torch; the CLI's light commands (data check, list) answer without it
     from .probes import default_probes, probe_grid, read_prompts
-    from .runs import get_run
 
-    runs = [get_run(r) for r in args.runs]
+    runs = [get_run(r, folders=True) for r in args.runs]
     prompts = read_prompts(args.prompts) if args.prompts else default_probes(runs[0])
-    settings = _probe_settings(args.max_new_tokens)
-    print(f"answering {len(prompts)} prompts with the SFT baseline and {len(runs)} run(s)…", file=sys.stderr)
-    grid = probe_grid(runs, prompts, settings=settings)
+    settings = generation_settings(args)
+
+
+    def work(job):
+        _say(f"answering {len(prompts)} prompts with the SFT baseline and {len(runs)} run(s)…")
+        return probe_grid(runs, prompts, settings=settings)
+
+    grid = on_slot("grid", "building a probe grid", work)
     evals = {r.id: _eval_row(r.read_json("eval.json")) for r in runs if r.read_json("eval.json")}
     _write_grid_files(grid, args.csv, args.markdown)
     if args.json:
@@ -497,24 +581,22 @@ def cmd_compare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import Sweep, parse_grid
-
     preset, cfg = _preset_config(args)
     if args.quiet:
         _quiet_libraries()
     if not args.grid:
         raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid beta=0.1,0.5)")
     grid = parse_grid(args.grid)
+    # deferred: probes imports torch; the CLI's light commands (data check, list) answer without it
     from .probes import read_prompts
-    from .runs import mark_interrupted
 
     probes = read_prompts(args.prompts) if args.prompts else None
     mark_interrupted()
-    settings = _probe_settings(args.max_new_tokens)
+    settings = generation_settings(args)
     sweep = Sweep(cfg, grid, preset=preset.name, evaluate=not args.no_eval, probes=probes, settings=settings)
     total = len(sweep.configs())
+    wait_for_slot(sweep, say=_say)
     print(f"sweep {sweep.id}: {total} runs ({' x '.join(f'{k} {v}' for k, v in sweep.grid.items())})", file=sys.stderr)
-    sweep.start()
     try:
         _follow_sweep(sweep, total, quiet=args.quiet)
     except KeyboardInterrupt:
@@ -535,16 +617,6 @@ def cmd_sweep(args) -> int:
     if sweep.state == "stopped":
         return 130
     return 1 if sweep.state == "failed" else 0
-
-
-def _probe_settings(max_new_tokens: int | None):
-    from .probes import probe_settings
-
-    if max_new_tokens is None:
-        return None
-    if max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    return probe_settings(max_new_tokens)
 
 
 def _follow_sweep(sweep, total: int, quiet: bool) -> None:
@@ -577,15 +649,10 @@ def _phase_printer():
 
 
 def cmd_export(args) -> int:
-    from . import jobs
-    from .export import export_run
-    from .runs import get_run
-
-    run = get_run(args.run)
-    # On the job slot, like every long task: an export never runs beside a training (JobBusy says which).
-    record = jobs.run("export", f"exporting {run.id} as {args.format}",
-                      lambda job: export_run(run, args.format, out_dir=args.out, quant=args.quant,
-                                             progress=_phase_printer(), should_stop=job.stopping))
+    run = get_run(args.run, folders=True)
+    record = on_slot("export", f"exporting {run.id} as {args.format}",
+                     lambda job: export_run(run, args.format, out_dir=args.out, quant=args.quant,
+                                            progress=_phase_printer(), should_stop=job.stopping))
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -599,11 +666,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .hub import push_to_hub
-    from .runs import get_run
-
-    result = push_to_hub(get_run(args.run), args.repo, what=args.what, private=not args.public,
-                         progress=_phase_printer())
+    run = get_run(args.run, folders=True)
+    result = on_slot("push", f"pushing {run.id} to {args.repo}",
+                     lambda job: push_to_hub(run, args.repo, what=args.what, private=not args.public,
+                                             progress=_phase_printer(), should_stop=job.stopping))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -614,6 +680,7 @@ def cmd_push(args) -> int:
 # --- text output ------------------------------------------------------------------------------
 
 def _eval_row(result: dict | None) -> dict:
+    # deferred: evaluate imports torch; the CLI's light commands (data check, list) answer without it
     from .evaluate import EVAL_KEYS
 
     return {k: result.get(k) for k in EVAL_KEYS} if result else {}
@@ -633,7 +700,6 @@ def _table(rows: list[dict]) -> str:
 
 def _grid_text(grid: dict) -> str:
     """The probe grid for a terminal: each prompt, then each column's answer; the measures at the end."""
-    from .measures import MEASURE_LABELS
 
     out = []
     for i, prompt in enumerate(grid["prompts"]):
@@ -646,8 +712,7 @@ def _grid_text(grid: dict) -> str:
 
 
 def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | None) -> None:
-    from pathlib import Path
-
+    # deferred: probes imports torch; the CLI's light commands (data check, list) answer without it
     from .probes import grid_to_csv, grid_to_markdown
 
     for path, text in ((csv_path, grid_to_csv), (markdown_path, grid_to_markdown)):
@@ -658,17 +723,20 @@ def _write_grid_files(grid: dict, csv_path: str | None, markdown_path: str | Non
 
 
 def cmd_generate(args) -> int:
-    from .chat import GenerationSettings
-    from .generate import generate_pool, load_prompts
-    from .progress import TerminalProgress
-
     convs, source = load_prompts(args.prompts)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, seed=args.seed)
-    bar = TerminalProgress("generating", "prompt")
-    pool = generate_pool(args.model, None, convs, k=args.k, settings=settings, progress=bar, out=args.out,
-                         batch_size=args.batch_size, prompts_source=source)
-    bar.close()
+    settings = generation_settings(args)
+    check_sampling(args.k, settings)
+
+    def work(job):
+        bar = TerminalProgress("generating", "prompt")
+        try:
+            return generate_pool(args.model, None, convs, k=args.k, settings=settings, progress=bar,
+                                 should_stop=job.stopping, out=args.out, batch_size=args.batch_size,
+                                 prompts_source=source)
+        finally:
+            bar.close()
+
+    pool = on_slot("generate", f"{len(convs)} prompts × {args.k} answers from {args.model}", work)
     info = pool.info()
     if args.json:
         print(json.dumps({**info, "folder": str(pool.path)}, indent=2))
@@ -679,30 +747,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from pathlib import Path
-
-    from .errors import StudioError
-    from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, judge_pool, label_with_rubric, load_rubric
-    from .models import is_embedded
-    from .pools import get_pool, to_preferences
-    from .progress import TerminalProgress
-
-    pool = get_pool(args.pool)
-    if args.rubric:
+    pool = get_pool(args.pool, folders=True)
+    if args.rubric:  # no model: it never waits for the slot, as in the Label tab
         rubric = load_rubric(args.rubric)
         counts = label_with_rubric(pool, rubric)
     else:
-        if is_embedded(args.judge):
-            print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
-        template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
-        bar = TerminalProgress("judging", "pair")
-        counts = judge_pool(pool, Judge(args.judge, template), progress=bar)
-        bar.close()
+        judging = _judging(args)
+        counts = on_slot("judge", f"judging pool {pool.id} with {args.judge}", lambda job: judging(pool, job))
     labeller = counts["labeller"]
     result = {"pool": pool.id, **counts}
     if pool.info().get("kind") == "winrate":
-        from .winrate import describe, measure
-
         result["winrate"] = measure(pool, labeller)
         text = describe(result["winrate"])
     else:
@@ -722,41 +776,44 @@ def cmd_label(args) -> int:
 
 
 def cmd_winrate(args) -> int:
-    from pathlib import Path
-
-    from .chat import GenerationSettings
-    from .generate import load_prompts
-    from .label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, judge_pool, label_with_rubric, load_rubric
-    from .models import is_embedded
-    from .pools import get_pool
-    from .progress import TerminalProgress
-    from .winrate import comparison_pool, describe, measure
-
+    convs = None
     if args.pool:
-        pool = get_pool(args.pool)
+        pool = get_pool(args.pool, folders=True)
     else:
         if len(args.models) != 2 or not args.prompts:
             raise UserError("give MODEL_A MODEL_B and --prompts FILE (or --pool POOL to measure an existing pool)")
         if not (args.rubric or args.judge or args.human):
             raise UserError("say who decides: --rubric FILE, --judge MODEL or --human")
         convs, source = load_prompts(args.prompts)
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      seed=args.seed)
-        bar = TerminalProgress("answering", "prompt")
-        pool = comparison_pool(args.models[0], args.models[1], convs, settings, progress=bar, out=args.out,
-                               prompts_source=source)
-        bar.close()
-    labeller = args.labeller
-    if args.rubric:
-        labeller = label_with_rubric(pool, load_rubric(args.rubric))["labeller"]
-    elif args.judge:
-        if is_embedded(args.judge):
-            print(f"note: {WEAK_JUDGE_NOTE}", file=sys.stderr)
-        template = Path(args.template).read_text(encoding="utf-8") if args.template else DEFAULT_TEMPLATE
-        bar = TerminalProgress("judging", "pair")
-        labeller = judge_pool(pool, Judge(args.judge, template), progress=bar)["labeller"]
-        bar.close()
-    elif args.human:
+        settings = generation_settings(args)
+    rubric = load_rubric(args.rubric) if args.rubric else None
+    judging = _judging(args) if args.judge else None
+
+    def work(job):
+        """(pool, labeller): the answers made (if asked) and labelled; with a job, on the slot."""
+        answered = pool if convs is None else None
+        if answered is None:
+            bar = TerminalProgress("answering", "prompt")
+            try:
+                answered = comparison_pool(args.models[0], args.models[1], convs, settings, progress=bar,
+                                           should_stop=job.stopping, out=args.out, prompts_source=source)
+            finally:
+                bar.close()
+            if job.stopping():  # Ctrl-C: the answers so far stay in the pool; nothing is labelled
+                raise KeyboardInterrupt
+        if rubric is not None:
+            return answered, label_with_rubric(answered, rubric)["labeller"]
+        if judging is not None:
+            return answered, judging(answered, job)["labeller"]
+        return answered, args.labeller
+
+    if convs is None and judging is None:  # an existing pool by a rubric or a labeller: no model, no slot
+        pool, labeller = work(None)
+    else:
+        title = (f"win rate of {args.models[0]} over {args.models[1]} on {len(convs)} prompts" if convs is not None
+                 else f"judging pool {pool.id} with {args.judge}")
+        pool, labeller = on_slot("winrate", title, work)
+    if args.human:
         print(f"pool {pool.id}: label it blind in the Label tab, then run "
               f"`python -m studio winrate --pool {pool.id} --labeller human:NAME`")
         return 0

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import shlex
+from datetime import timedelta
 from pathlib import Path
 
+from .config import detect_hardware, load_preset, preset_names
 from .errors import ConfigError, StudioError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,11 +83,8 @@ def describe(trainer=None) -> dict:
 
 def _process_group():
     """accelerate's PartialState: it starts the process group once, with the backend for this hardware."""
-    from datetime import timedelta
 
     from accelerate import PartialState
-
-    from .config import detect_hardware
 
     # cpu=True on a machine without CUDA: otherwise accelerate (and the Trainer) would see no distributed setup
     # at all and every process would train alone on all the data.
@@ -160,7 +159,6 @@ def launch_command(cfg, processes: int, preset: str | None = None, strategy: str
     The settings travel as `--preset` plus one `--set` for each that differs from the preset, so the command
     is self-contained (no file written) and reads back, through the CLI, as exactly `cfg`.
     """
-    from .config import load_preset, preset_names
 
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

@@ -2,7 +2,8 @@
 
 Every check that refuses user input (a setting, a data file, a model, a busy slot) raises a
 subclass; the CLI turns any of them into `error: …` and exit code 2, the web app into a warning
-where the user acted. Anything else is a bug and keeps its traceback (in a run's error.log).
+where the user acted (studio/ui/common.py `user_errors`). Anything else is a bug and keeps its traceback
+(in a run's error.log, or the server log, with the web user told only that an internal error was logged).
 """
 
 from __future__ import annotations

@@ -10,12 +10,16 @@ time is unknown and the estimate says so; the steps are still counted.
 from __future__ import annotations
 
 import functools
+import itertools
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import planned_steps
 from .config import Hardware, RunConfig, label_of, resolve_for_hardware
+from .data import Columns, load_preferences
 from .runs import LIVE_STATES, Run, list_runs
+from .sweep import check_grid
 
 # Settings that change the time a step takes; a measured run that differs in them gives a rougher estimate.
 STEP_COST = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r",
@@ -95,8 +99,6 @@ def train_pairs(cfg: RunConfig) -> int:
 @functools.lru_cache(maxsize=16)
 def _train_pairs(data, _mtime, _size, prompt_col, chosen_col, rejected_col, system_col, eval_data, eval_fraction,
                  seed) -> int:
-    from .data import Columns, load_preferences
-
     pairs = load_preferences(data, Columns(prompt_col, chosen_col, rejected_col, system_col))
     if eval_data:
         return len(pairs)
@@ -105,8 +107,6 @@ def _train_pairs(data, _mtime, _size, prompt_col, chosen_col, rejected_col, syst
 
 
 def run_steps(cfg: RunConfig, pairs: int) -> int:
-    from .backends import planned_steps
-
     return planned_steps(cfg.max_steps, cfg.num_train_epochs, pairs,
                          cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)
 
@@ -116,9 +116,6 @@ def sweep_estimate(base: RunConfig, grid: dict[str, list], hardware: Hardware) -
 
     Raises ConfigError / DataError as a sweep would for a bad grid or unreadable data.
     """
-    import itertools
-
-    from .sweep import check_grid
 
     grid = check_grid(grid)
     configs = [base.replace(**dict(zip(grid, combo))) for combo in itertools.product(*grid.values())]

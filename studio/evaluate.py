@@ -17,11 +17,14 @@ import time
 
 import torch
 
+from .chat import ChatEngine
+from .data import Columns, load_preferences
 from .errors import EvalError  # noqa: F401 - re-exported: callers catch it from here
 from .measures import PROBE_KEYS, chosen_mean_words, damage_warnings, length_ratio, measures, probe_comparison
 from .models import NO_ADAPTER as BASE, chat_ids
 from .probes import baseline_answers, column_answers, default_probes, probe_settings
 from .runs import Run, get_run
+from .training_data import load_run_data
 
 
 # --- log-probabilities ------------------------------------------------------------------------
@@ -88,8 +91,6 @@ def sequence_logps(model, tokenizer, prompts: list[list[dict]], answers: list[st
 
 def _engine_for(cfg, engine=None):
     if engine is None:
-        from .chat import ChatEngine
-
         # fp32: close pairs must not flip on rounding, and baseline and tuned are measured alike.
         return ChatEngine(cfg.model, dtype=torch.float32)
     if engine.model_spec != cfg.model:
@@ -103,8 +104,6 @@ def eval_pairs(run: Run, data: str | None = None, tokenizer=None):
     Without `data`: the run's own held-out split, exactly as training made it. With `data`:
     every usable pair of that file (any layout `data check` reads).
     """
-    from .data import Columns, load_preferences
-    from .training_data import load_run_data
 
     cfg = run.config()
     if data:

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import AccessError, ConfigError, ModelError
+from .gguf_export import QUANTS, check_architecture, check_tokenizer, modelfile_text, write_gguf
+from .model_card import base_hub_id, base_license, model_card
+from .models import load_base, load_tokenizer, resolve_model
 from .runs import Run, get_run
 from .store import atomic_path, exports_root, publish_folder, staging_folder
 
@@ -86,7 +90,6 @@ def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quan
     (default STUDIO_HOME/exports/<run-id>/<format>[-<quant>]); it must be new, empty, or an earlier export.
     A stop leaves no export behind and returns a record with state "stopped".
     """
-    from .gguf_export import QUANTS
 
     run = run if isinstance(run, Run) else get_run(run)
     if fmt not in FORMATS:
@@ -167,8 +170,6 @@ def latest_export(run: Run, fmt: str) -> dict | None:
 
 
 def _write_adapter(run: Run, out: Path, quant: str, progress: Progress, should_stop: ShouldStop) -> dict | None:
-    from .hub import base_hub_id, model_card
-
     files = [p for p in sorted(run.adapter_dir.iterdir()) if p.is_file() and p.name != "README.md"]
     for i, path in enumerate(files):
         if should_stop and should_stop():
@@ -193,11 +194,7 @@ def _merged(run: Run, progress: Progress, should_stop: ShouldStop):
     import torch
     from peft import PeftModel
 
-    from .models import load_base
-
     from transformers import AutoConfig
-
-    from .models import resolve_model
 
     raw = run.read_config_raw()
     notes = []
@@ -225,8 +222,6 @@ def _merged(run: Run, progress: Progress, should_stop: ShouldStop):
 def _write_merged(run: Run, out: Path, quant: str, progress: Progress, should_stop: ShouldStop) -> dict | None:
     import torch
 
-    from .hub import model_card
-
     merged = _merged(run, progress, should_stop)
     if merged is None or (should_stop and should_stop()):
         return None
@@ -246,13 +241,7 @@ def _write_merged(run: Run, out: Path, quant: str, progress: Progress, should_st
 
 
 def _write_gguf(run: Run, out: Path, quant: str, progress: Progress, should_stop: ShouldStop) -> dict | None:
-    import tempfile
-
     from transformers import AutoConfig
-
-    from .gguf_export import check_architecture, check_tokenizer, modelfile_text, write_gguf
-    from .hub import base_license, model_card
-    from .models import load_tokenizer, resolve_model
 
     # Refuse an unsupported family or tokenizer before loading any weights.
     path = resolve_model(run.read_config_raw().get("model", "embedded"))

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import stat
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from .config import PRESETS_DIR, studio_home
 from .data import FORMATS, file_kind, is_hub_id
 from .errors import AccessError, ConfigError, DataError
+from .store import atomic_path, is_child, pools_root, uploads_root
 
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
@@ -40,7 +40,8 @@ def check_home_writable() -> Path:
 
 
 def uploads_dir() -> Path:
-    return studio_home() / "uploads"
+    """STUDIO_HOME/uploads (store.uploads_root)."""
+    return uploads_root()
 
 
 def preset_data_dir() -> Path:
@@ -78,7 +79,7 @@ def data_dirs() -> list[Path]:
 def allowed_data_roots() -> list[Path]:
     """Folders the web app may read data from, resolved (symlinks followed)."""
     # Pools hold only what the studio wrote itself (sampled answers, labels, their preference files).
-    roots = [uploads_dir().resolve(), (studio_home() / "pools").resolve(), preset_data_dir().resolve(), *data_dirs()]
+    roots = [uploads_root().resolve(), pools_root().resolve(), preset_data_dir().resolve(), *data_dirs()]
     return list(dict.fromkeys(roots))
 
 
@@ -160,17 +161,11 @@ def store_upload(temp_path: str | Path, original_name: str | None = None, remove
         if info.st_size > limit:
             raise DataError(f"{shown} is {info.st_size / 2**20:.1f} MB, over the upload limit of "
                             f"{max_upload_mb():g} MB (STUDIO_MAX_UPLOAD_MB).")
-        folder = uploads_dir()
+        folder = uploads_root()
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{uuid.uuid4().hex}{suffix}"
-        handle, partial = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=suffix)
-        try:
-            with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, length=2**20)
-            os.replace(partial, target)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as partial, open(partial, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, length=2**20)
         return target
     finally:
         if remove_source:  # stored or refused, the web server's temporary copy has served its purpose
@@ -184,7 +179,7 @@ def discard_upload(path: str | Path) -> bool:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError, ValueError):
         return False
-    if candidate.is_symlink() or resolved.parent != uploads_dir().resolve() or not resolved.is_file():
+    if not is_child("uploads", candidate) or not resolved.is_file():
         return False
     resolved.unlink(missing_ok=True)
     return True
@@ -199,7 +194,7 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
     hours = max_age_hours if max_age_hours is not None else _env_number("STUDIO_UPLOAD_MAX_AGE_HOURS",
                                                                       DEFAULT_UPLOAD_MAX_AGE_HOURS)
     cutoff = (now if now is not None else time.time()) - hours * 3600
-    folder = uploads_dir()
+    folder = uploads_root()
     if not folder.is_dir():
         return []
     kept = {Path(p).resolve() for p in keep}

@@ -1,6 +1,6 @@
 """Sample K answers per prompt from one model (the SFT baseline or a run's adapter) into a pool to label.
 
-    pool = generate_pool("embedded", None, prompts, k=2, settings=GenerationSettings(temperature=0.8))
+    pool = generate_pool("embedded", None, prompts, k=2, settings=defaults("pool", temperature=1.0))
 
 Rows go through `ChatEngine.stream` in batches (one copy of the base; a run's adapter routed per row).
 The K samples of a prompt sit in the same batch: each row draws its own tokens, so they differ, and a
@@ -17,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import load_preset
+from .data import load_preferences
 from .errors import ConfigError, DataError
 from .generation import defaults
 from .pools import Pool, create_pool, create_pool_at
+from .runs import Run, get_run
 
 Progress = Callable[[str, int, "int | None"], None]
 K_RANGE = (2, 4)
@@ -48,13 +51,12 @@ def round_of(run) -> int:
 
 def resolve_source(spec: str, default_model: str = "embedded") -> Source:
     """`embedded`, a model folder or hub id, `baseline` (the SFT `default_model`), or a run id / run folder."""
-    from .runs import get_run
 
     spec = (spec or "").strip()
     if not spec or spec.lower() in BASELINE_WORDS:
         return Source(f"SFT baseline ({default_model})", default_model)
     try:
-        run = get_run(spec)
+        run = get_run(spec, folders=True)  # the CLI names a run by id or folder
     except FileNotFoundError:
         run = None
     if run is not None:
@@ -70,6 +72,7 @@ def load_prompts(source: str | Path | list[str]) -> tuple[list[list[dict]], str]
     `source`: a list of prompt strings (pasted lines), `preset:NAME` (the preset's probe bank), a text
     file (one prompt a line, # comments), or a preference data file (its prompts, each once).
     """
+    # deferred: probes imports torch; prompts are read and pools listed without it
     from .probes import default_probes, read_prompts
 
     if isinstance(source, (list, tuple)):
@@ -77,15 +80,12 @@ def load_prompts(source: str | Path | list[str]) -> tuple[list[list[dict]], str]
         return [[{"role": "user", "content": p}] for p in prompts], f"{len(prompts)} pasted prompts"
     text = str(source)
     if text.startswith("preset:"):
-        from .config import load_preset
-
         preset = load_preset(text.removeprefix("preset:"))
         prompts = default_probes(preset.config)
         return [[{"role": "user", "content": p}] for p in prompts], f"probe bank of preset {preset.name}"
     path = Path(text)
     if path.suffix.lower() in (".txt", ".md", ""):
         return [[{"role": "user", "content": p}] for p in read_prompts(path)], str(path)
-    from .data import load_preferences
 
     pairs = load_preferences(path)
     seen, convs = set(), []
@@ -103,6 +103,14 @@ def check_k(k: int) -> int:
     return k
 
 
+def check_sampling(k: int, settings) -> None:
+    """Refused before any model loads: a bad K, or greedy settings, which would give K copies of one answer."""
+    check_k(k)
+    if settings.temperature <= 0:
+        raise ConfigError("temperature must be above 0 to sample different answers (0 is greedy: "
+                          f"the {k} answers would be identical).")
+
+
 def generate_pool(model_spec: str, run=None, prompts=(), k: int = 2, settings=None,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                   engine=None, out: str | Path | None = None, batch_size: int = 16,
@@ -114,11 +122,8 @@ def generate_pool(model_spec: str, run=None, prompts=(), k: int = 2, settings=No
     model (made here when None). `out`: the pool folder (default STUDIO_HOME/pools/<new id>).
     `batch_size`: rows per generate call (prompts x k).
     """
-    check_k(k)
     settings = settings or defaults("pool")
-    if settings.temperature <= 0:
-        raise ConfigError("temperature must be above 0 to sample different answers (0 is greedy: "
-                          f"the {k} answers would be identical).")
+    check_sampling(k, settings)
     if settings.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}.")
     source = _source_for(model_spec, run)
@@ -149,6 +154,7 @@ def fill_pool(pool: Pool, sources: list[Source], convs: list[list[dict]], k: int
     pool.update(state="generating", started=time.time())
     try:
         if engine is None:
+            # deferred: chat imports torch; prompts are read and pools listed without it
             from .chat import ChatEngine
 
             engine = ChatEngine(sources[0].model)
@@ -199,8 +205,6 @@ def _answer(engine, convs, adapters, settings) -> tuple[list[str], list[bool]]:
 
 
 def _source_for(model_spec: str | None, run) -> Source:
-    from .runs import Run, get_run
-
     if run is None:
         return resolve_source(model_spec or "embedded")
     run = run if isinstance(run, Run) else get_run(run)

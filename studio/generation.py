@@ -24,8 +24,8 @@ GROUP = "Generation"
 class GenerationSettings:
     max_new_tokens: int = setting(200, "the longest answer in tokens; an answer cut here did not end on its own",
                                   GROUP, "Max new tokens", ge=1, le=8192)
-    temperature: float = setting(0.0, "0 = greedy, so baseline and tuned differ only by the adapter; above 0 samples",
-                                 GROUP, "Temperature", ge=0, le=10)
+    temperature: float = setting(0.0, "0 = greedy: the likeliest token each time, so the same answer every time; "
+                                 "above 0 samples", GROUP, "Temperature", ge=0, le=10)
     top_p: float = setting(0.9, "with temperature above 0: sample from the likeliest tokens holding this share",
                            GROUP, "Top-p", gt=0, le=1)
     seed: int = setting(0, "the sampling seed: the same seed, settings and model give the same answers", GROUP,

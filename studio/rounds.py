@@ -9,13 +9,19 @@ read back from the run folders alone.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from .config import RunConfig, field_names
+from .config import RunConfig, field_names, load_preset
+from .data import Columns, load_preferences
 from .errors import ConfigError
+from .generate import generate_pool, round_of
 from .generation import defaults
-from .pools import Pool, get_pool, to_preferences
+from .label import label_with_rubric, load_rubric
+from .pools import Pool, get_pool, preference_rows, to_preferences
+from .runs import Run, get_run
 from .store import atomic_write, pools_root
+from .winrate import comparison_pool, measure
 
 
 def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None, include_original: bool = False,
@@ -28,8 +34,6 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
     - round: one past the pool's generator (and past continue_from's round).
     Everything else (learning rate, beta, LoRA shape for a fresh adapter, ...) comes from `base_cfg`.
     """
-    from .generate import round_of
-    from .runs import Run, get_run
 
     pool = get_pool(pool)
     info = pool.info()
@@ -64,7 +68,6 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
 
 def _combined(pool: Pool, prefs: Path, base_cfg: RunConfig) -> Path:
     """The pool's pairs and the original data as one conversational preference file in the pool folder."""
-    from .data import Columns, load_preferences
 
     columns = Columns(base_cfg.prompt_col, base_cfg.chosen_col, base_cfg.rejected_col, base_cfg.system_col)
     original = load_preferences(base_cfg.data, columns).pairs
@@ -80,7 +83,6 @@ def lineage(run) -> list[dict]:
 
     Each entry: round, run id (None for the baseline), its data file and the pool it came from.
     """
-    from .runs import get_run
 
     chain = []
     current = get_run(run) if not hasattr(run, "config") else run
@@ -103,8 +105,6 @@ def _pool_of(data: str) -> str | None:
 
 
 def _run_of_adapter(adapter_dir: str):
-    from .runs import Run
-
     folder = Path(adapter_dir).parent
     return Run(folder) if (folder / "status.json").is_file() else None
 
@@ -114,7 +114,6 @@ def _run_of_adapter(adapter_dir: str):
 
 def round_plan(preset_name: str = "self-improve-cpu") -> tuple:
     """(preset, its `self_improve` card section with paths made absolute)."""
-    from .config import load_preset
 
     preset = load_preset(preset_name)
     plan = dict(preset.card.get("self_improve") or {})
@@ -133,15 +132,11 @@ def self_improve_round(preset_name: str = "self-improve-cpu", progress=None, sho
     Returns the figures (seconds per phase, pool ids, run id, the win-rate result, example answers).
     A stop between phases returns what is done so far, with `stopped: True`.
     """
-    import time
 
+    # deferred: chat, probes and training import torch; a round's config and lineage are read without it
     from .chat import ChatEngine
     from .probes import read_prompts
-    from .generate import generate_pool
-    from .label import label_with_rubric, load_rubric
-    from .pools import preference_rows
     from .training import TrainingJob
-    from .winrate import comparison_pool, measure
 
     preset, plan = round_plan(preset_name)
     cfg = preset.config

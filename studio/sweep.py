@@ -158,6 +158,7 @@ class Sweep(Job):
             self.current = None
 
     def _train(self, i: int, cfg: RunConfig) -> None:
+        # deferred: training imports torch; a sweep is listed and planned without it
         from .training import TrainingJob
 
         label = _slug("-".join(f"{_short(k)}{value_text(v)}" for k, v in self.values[i].items()))
@@ -180,6 +181,7 @@ class Sweep(Job):
     def _evaluate(self) -> None:
         import torch
 
+        # deferred: chat, evaluate and probes import torch; a sweep is listed and planned without it
         from .chat import ChatEngine
         from .evaluate import evaluate_run
         from .probes import default_probes, probe_grid, save_grid
@@ -211,6 +213,7 @@ class Sweep(Job):
     # --- results ---
     def comparison(self) -> list[dict]:
         """One row per combination: swept values, run, state, training figures and held-out accuracies."""
+        # deferred: evaluate imports torch; a sweep is listed and planned without it
         from .evaluate import result_row
 
         rows = []

@@ -32,10 +32,15 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import distributed
+from .backends import choose_backend, planned_steps
 from .config import Hardware, RunConfig, detect_hardware, resolve_for_hardware
+from .data import FORMATS
 from .errors import ConfigError, DataError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
 from .jobs import Job, active as active_job
+from .memory import fit_run, free_gpu_gb, halve_batch
+from .models import check_targets_in_config, load_for_training, load_tokenizer, resolve_model
 from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, runs_root
+from .training_data import eval_source, load_run_data, to_trl
 
 
 class RunFolderGone(StudioError):
@@ -53,8 +58,6 @@ def check_run(cfg: RunConfig) -> None:
     Raises a StudioError naming the problem; the CLI exits 2 and the web app shows it where Start was
     pressed, and no run folder exists yet.
     """
-    from .training_data import load_run_data
-    from .models import check_targets_in_config, load_tokenizer, resolve_model
 
     path = resolve_model(cfg.model)
     check_targets_in_config(path, cfg)
@@ -249,8 +252,6 @@ class TrainingJob(Job):
             trainer.train(resume_from_checkpoint=resume)
             return trainer
         except torch.OutOfMemoryError as e:
-            from .memory import halve_batch
-
             halved = halve_batch(self.config.per_device_train_batch_size, self.config.gradient_accumulation_steps)
             resumed_at = self._resume[1] if self._resume else 0
             if not self.hardware.cuda or self.step > resumed_at or halved is None or distributed.world_size() > 1:
@@ -290,7 +291,6 @@ class TrainingJob(Job):
         """Unsloth or transformers+PEFT for this run, and on CUDA the per-device batch, accumulation and
         checkpointing fitted to the free GPU memory (the recipe's effective batch kept; explicit settings win).
         What was chosen and why is recorded in config.yaml."""
-        from .backends import choose_backend
 
         if distributed.world_size() > 1 and cfg.backend == "auto":
             backend, why = "transformers", "several processes: Unsloth's multi-GPU training is not tested with the studio"
@@ -301,8 +301,6 @@ class TrainingJob(Job):
             backend, why = started_with, f"the backend run {self.run.id} started with (resumed)"
         choice: dict = {"chosen_backend": backend, "backend_reason": why}
         if self.hardware.cuda and not getattr(self, "_oom_retry", False) and not self._resume:
-            from .memory import fit_run, free_gpu_gb
-
             free = free_gpu_gb()
             if free is not None:
                 fitted, fit = fit_run(self.requested, backend, free, data.report.to_dict().get("tokens"),
@@ -313,9 +311,6 @@ class TrainingJob(Job):
         return cfg, choice
 
     def _build_trainer(self):
-        from .training_data import eval_source, load_run_data, to_trl
-        from .models import load_for_training, load_tokenizer, resolve_model
-
         cfg = self.config
         tokenizer = load_tokenizer(resolve_model(cfg.model))
         data, train, held_out = load_run_data(cfg, tokenizer)
@@ -350,9 +345,6 @@ def _check_data_unchanged(run: Run, cfg: RunConfig) -> None:
     The checkpoint's step count and data order are only right for the same pairs; a changed file would
     resume onto other data without a word.
     """
-    from .data import FORMATS
-    from .training_data import load_run_data
-    from .models import load_tokenizer, resolve_model
 
     for key in ("data", "eval_data"):
         source = getattr(cfg, key)
@@ -391,8 +383,6 @@ def failure_message(e: BaseException) -> str:
 
 
 def _planned(cfg: RunConfig, train_pairs: int) -> int:
-    from .backends import planned_steps
-
     return planned_steps(cfg.max_steps, cfg.num_train_epochs, train_pairs,
                          cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)
 
@@ -459,7 +449,6 @@ def save_adapter(model, adapter_dir: Path, state_dict: dict | None = None) -> No
     TRL may hold a frozen copy named "ref" beside it, which is left out. `state_dict`: the full weights where
     they were sharded across processes (studio.distributed.for_saving).
     """
-    import shutil
 
     if not adapter_dir.parent.is_dir():
         raise RunFolderGone(f"The run folder {adapter_dir.parent} was removed while the run was saving to it.")

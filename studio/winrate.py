@@ -16,15 +16,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from .errors import EvalError
-from .generate import Source, fill_pool, resolve_source
+from .generate import BASELINE_WORDS, Source, fill_pool, resolve_source
 from .generation import defaults
+from .measures import words
 from .pools import Pool, create_pool, create_pool_at, get_pool
 
 Z95 = 1.959963984540054  # the 97.5th percentile of the standard normal
@@ -44,8 +47,6 @@ def comparison_pool(model_a: str, model_b: str, prompts: list, settings=None, pr
     convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
     if not convs:
         raise EvalError("No prompts to compare on: give at least one held-out prompt.")
-    import dataclasses
-    import os
 
     info = dict(models=[a.record(), b.record()], base_model=a.model, k=1, settings=dataclasses.asdict(settings),
                 prompts_source=prompts_source, prompts=len(convs), round=None, seed=settings.seed, pid=os.getpid())
@@ -55,8 +56,6 @@ def comparison_pool(model_a: str, model_b: str, prompts: list, settings=None, pr
 
 
 def _pair_of_sources(model_a: str, model_b: str) -> tuple[Source, Source]:
-    from .generate import BASELINE_WORDS
-
     base_words = lambda s: (s or "").strip().lower() in BASELINE_WORDS  # noqa: E731
     if base_words(model_a) and base_words(model_b):
         raise EvalError("Both models are the baseline; name a run or a model for at least one of them.")
@@ -76,7 +75,6 @@ def _short(source: Source) -> str:
 
 def outcomes(pool: Pool | str, labeller: str | None = None) -> tuple[list[float], list[int], list[int], str]:
     """Per decided pair: A's score (1 win, 0.5 tie or both bad, 0 loss), words of A's and B's answers; the labeller."""
-    from .measures import words
 
     pool = get_pool(pool)
     if pool.info().get("kind") != "winrate":

@@ -1,9 +1,15 @@
-"""Shared fixtures: a per-test STUDIO_HOME that reuses one converted copy of the embedded model."""
+"""Shared fixtures: a per-test or per-module STUDIO_HOME that reuses one converted copy of the embedded model, the
+preference file the runs train on, one finished run trained once per session, the web app and headless Chromium.
+
+Markers (declared in pytest.ini): `slow` for a test that trains, generates or loads a model (the fast lane is
+`pytest -m "not slow"`), `browser` for Chromium, `subprocess` for a test that starts other processes.
+"""
 
 import json
 import os
-import socket
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,21 @@ sys.path.insert(0, str(ROOT))
 # OpenMP's default spin-waiting those pools fight over 2 cores (a 16-token generation measured 210 s instead of
 # 16 s beside a training thread). Passive waiting must be set before torch is imported; app.py does the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from helpers import free_port, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
+
+
+# Fixtures that make a test slow or put it in a browser: a test that uses one (directly or through another fixture)
+# without the marker is refused at collection, so `-m "not slow"` never pulls a training into the fast lane.
+MARKER_FIXTURES = {"shared_run": "slow", "open_page": "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [f"{item.nodeid} uses {name} but is not marked {marker}"
+                for item in items for name, marker in MARKER_FIXTURES.items()
+                if name in item.fixturenames and item.get_closest_marker(marker) is None]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; CI installs it (apt-get install chromium)
@@ -67,8 +88,7 @@ def studio_home(tmp_path, monkeypatch, model_cache) -> Path:
 @pytest.fixture(scope="module")
 def module_home(tmp_path_factory, model_cache) -> Path:
     """A STUDIO_HOME shared by one test module's fixtures (a run or an app that several tests read)."""
-    home = tmp_path_factory.mktemp("home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    home = new_home(tmp_path_factory, model_cache)
     mp = pytest.MonkeyPatch()
     mp.setenv("STUDIO_HOME", str(home))
     mp.setenv("HF_HUB_OFFLINE", "1")
@@ -92,10 +112,60 @@ def style_pairs(tmp_path_factory) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def new_home(tmp_path_factory, model_cache) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    return home
+
+
+# The one run of the session that modules reading a finished run share (test_training, test_eval, test_export):
+# every module that reads or writes beside it gets its own copy. The adapter covers the four attention projections,
+# so its greedy answer differs from the base model's (test_export needs that), and held-out evaluations run at
+# steps 3 and 6 on 3 of the 12 pairs (test_training reads those).
+SHARED_RUN = dict(max_steps=6, eval_steps=3, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class SharedRun:
+    """The session's finished training job, the metrics that were readable while it trained, and copies of its folder."""
+
+    def __init__(self, job, seen_during_training: list[tuple[int, int]]):
+        self.job = job
+        self.seen_during_training = seen_during_training
+
+    def copy_into(self, home: Path):
+        """The run, copied into `home`'s runs folder under its own id (what it writes there stays there)."""
+        from studio.runs import Run
+
+        return Run(Path(shutil.copytree(self.job.run.path, home / "runs" / self.job.run.id)))
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory, model_cache, style_pairs) -> SharedRun:
+    """One short real run, trained once per session in a home of its own, watched while it trains."""
+    from studio.training import TrainingJob
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, model_cache)))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        job = TrainingJob(quick_config(style_pairs, **SHARED_RUN), preset="test").start()
+        seen = []
+        while job.is_alive():
+            rows = job.metrics.since(0)
+            if rows and job.state == "training":
+                seen.append((len(rows), job.step))
+            time.sleep(0.05)
+        job.wait()
+    finally:
+        mp.undo()
+    assert job.state == "done", job.error
+    return SharedRun(job, seen)
+
+
+@pytest.fixture(scope="module")
+def finished_run(shared_run, module_home):
+    """The shared finished run, copied into this module's STUDIO_HOME."""
+    return shared_run.copy_into(module_home)
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def guarded_app():
 
 
 def launch(demo, **kwargs) -> str:
-    from conftest import free_port
+    from helpers import free_port
 
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **kwargs)
     return url

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -77,3 +78,160 @@ def test_a_tab_never_imports_another_tab(tab):
     others = {p.stem for p in (STUDIO / "ui").glob("*_tab.py")} - {Path(tab).stem}
     imported = _imports(STUDIO / "ui" / tab)
     assert not [n for n in imported if any(o in n.split(".") for o in others)], imported
+
+
+# --- the web error policy (studio/ui/common.py `user_errors`) --------------------------------------------
+
+
+def _caught(handler: ast.ExceptHandler) -> list[str]:
+    """The names an except clause catches ("" for a bare except)."""
+    if handler.type is None:
+        return [""]
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return [t.attr if isinstance(t, ast.Attribute) else getattr(t, "id", "?") for t in types]
+
+
+def _warns(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "Warning"
+               for n in ast.walk(node))
+
+
+def test_ui_handlers_leave_bugs_to_the_one_error_policy():
+    """Only `user_errors` catches everything; elsewhere in the ui an except clause names what it expects, and one
+    that warns the user catches only StudioErrors (a user's mistake), never a bug."""
+    import studio.errors as errors
+
+    user_kinds = {name for name, obj in vars(errors).items()
+                  if isinstance(obj, type) and issubclass(obj, errors.StudioError)}
+    found = []
+    for path in sorted((STUDIO / "ui").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        policy = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "user_errors"
+                  for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ExceptHandler) or id(node) in policy:
+                continue
+            caught = _caught(node)
+            where = f"{path.name}:{node.lineno} except {', '.join(caught) or '(bare)'}"
+            if {"", "Exception", "BaseException"} & set(caught):
+                found.append(f"{where}: catches bugs too; use @user_errors")
+            elif _warns(node) and not set(caught) <= user_kinds:
+                found.append(f"{where}: warns about what may be a bug; use @user_errors")
+    assert not found, "\n".join(found)
+
+
+# --- imports: no circles, and an import inside a function only where a heavy one is deferred on purpose ---------
+
+DEFERRED = "# deferred:"
+
+
+def _modules() -> dict[str, Path]:
+    """studio's modules by dotted name (a package by its __init__)."""
+    found = {}
+    for path in STUDIO.rglob("*.py"):
+        parts = list(path.relative_to(STUDIO.parent).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _targets(module: str, node: ast.Import | ast.ImportFrom, is_package: bool, modules) -> list[str]:
+    """The modules an import statement loads: `from .x import y` is .x, or .x.y when y is a module itself."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level:
+        base = base[:len(base) - (node.level - 1)]
+        name = ".".join(base + ([node.module] if node.module else []))
+    else:
+        name = node.module or ""
+    submodules = [f"{name}.{a.name}" for a in node.names if f"{name}.{a.name}" in modules]
+    return submodules + ([name] if len(submodules) < len(node.names) else [])
+
+
+def _function_imports(tree: ast.Module):
+    for function in ast.walk(tree):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    yield node
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the studio modules it imports when it is imported (module level, under `if` / `try` too)."""
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        inside = {id(n) for n in _function_imports(tree)}
+        graph[module] = {t for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                         and id(node) not in inside
+                         for t in _targets(module, node, path.name == "__init__.py", modules)
+                         if t in modules and t != module}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_studio_modules_import_each_other_without_a_circle():
+    graph = _import_graph()
+    assert "studio.config" in graph["studio.models"]  # the graph reads real edges
+    circles = _circles(graph)
+    assert not circles, "\n".join(" <-> ".join(c) + ": " + "; ".join(f"{m} imports {sorted(graph[m] & set(c))}"
+                                                                    for m in c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle(tmp_path):
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+def _is_deferred(lines: list[str], node: ast.AST) -> bool:
+    """A `# deferred: why` comment on the import, or above the block of imports it heads."""
+    if DEFERRED in " ".join(lines[node.lineno - 1:node.end_lineno]):
+        return True
+    row = node.lineno - 2
+    while row >= 0 and lines[row].strip().startswith(("from ", "import ")):
+        row -= 1
+    return row >= 0 and lines[row].strip().startswith(DEFERRED)
+
+
+def test_imports_inside_functions_are_deliberately_deferred_heavy_ones():
+    """A studio module or the standard library is imported at the top; inside a function only with a
+    `# deferred: <why>` comment (it pulls torch, or it must wait for the app to start, ...)."""
+    modules = _modules()
+    found = []
+    for module, path in sorted(modules.items()):
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in _function_imports(ast.parse(text)):
+            names = _targets(module, node, path.name == "__init__.py", modules)
+            light = [n for n in names if n.split(".")[0] == "studio" or n.split(".")[0] in sys.stdlib_module_names]
+            if light and not _is_deferred(lines, node):
+                found.append(f"{path.relative_to(STUDIO.parent)}:{node.lineno} {lines[node.lineno - 1].strip()}")
+    assert not found, f"{len(found)} imports inside functions without a '{DEFERRED} <why>' comment:\n" + "\n".join(found)

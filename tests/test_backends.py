@@ -52,6 +52,7 @@ def _python(code: str, env_extra: dict | None = None, args: tuple = ()) -> subpr
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.subprocess
 def test_early_import_is_a_cheap_no_op_without_unsloth():
     out = _python("import sys, json; from studio.backends import early_import; "
                   "r = [early_import('auto'), early_import('transformers'), early_import('auto', planned_steps=10)]; "
@@ -63,6 +64,7 @@ def test_early_import_is_a_cheap_no_op_without_unsloth():
     assert torch_imported is False  # deciding not to import Unsloth must not cost a torch import
 
 
+@pytest.mark.subprocess
 def test_early_import_never_imports_unsloth_without_cuda(tmp_path):
     """An installed Unsloth on a machine without CUDA: it is found, torch says no GPU, and it is left alone."""
     fake = tmp_path / "site" / "unsloth"
@@ -107,6 +109,7 @@ def impostor(tmp_path) -> Path:
     return site
 
 
+@pytest.mark.subprocess
 def test_python_m_studio_runs_this_project_with_an_impostor_on_pythonpath(impostor):
     """PYTHONPATH comes before site-packages (the GPU kit ran Unsloth this way); the cwd comes before both."""
     out = subprocess.run([sys.executable, "-m", "studio", "presets", "--json"], cwd=ROOT, capture_output=True,
@@ -115,6 +118,7 @@ def test_python_m_studio_runs_this_project_with_an_impostor_on_pythonpath(impost
     assert "cpu-quickstart" in [p["name"] for p in json.loads(out.stdout)]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_a_script_puts_this_project_first_on_the_path(impostor, where):
     """`python -P` keeps the script's own folder off sys.path: only the script's path fix can find this project.

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "bench_gpu.py"
 
@@ -17,6 +19,7 @@ def bench(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.subprocess
 def test_bad_arguments_are_refused_before_anything_runs():
     out = bench("--models", "9b,1.7b", "--methods", "dora", "--steps", "2")
     assert out.returncode == 2
@@ -24,6 +27,8 @@ def test_bad_arguments_are_refused_before_anything_runs():
     assert "--methods: dora not among lora, qlora" in out.stderr and "--steps must be at least 3" in out.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_dry_run_trains_a_tiny_model_two_steps_through_the_engine(studio_home):
     out = bench("--dry-run", home=studio_home)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -17,6 +17,7 @@ from studio.training import TrainingJob
 
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt").expect
 
+pytestmark = pytest.mark.browser
 STEP_TIMEOUT_MS = 600_000  # a CPU step is seconds on an idle 2-core runner; generous for a loaded one
 
 # Points in the first trace of a chart, read from the plotly graph div; -1 when the chart is not drawn.
@@ -65,6 +66,7 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+@pytest.mark.slow
 def test_upload_train_reload_and_chat_in_a_browser(app_url, page, style_pairs):
     url, home = app_url
     timings = {}
@@ -180,6 +182,7 @@ def data_field(page):
     return page.locator("#data textarea, #data input").first
 
 
+@pytest.mark.slow
 def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finishes_the_run(app_url, page, style_pairs):
     url, home = app_url
     upload_and_open_train(page, url, style_pairs)

@@ -1,4 +1,9 @@
-"""`python -m studio …` as a user runs it: JSON outputs, exit codes, messages on stderr."""
+"""`python -m studio …` as a user runs it: JSON outputs, exit codes, messages on stderr.
+
+The refusals run the same argv through `main()` in this process (`studio_here`): the same exit code, stdout and
+stderr, without the seconds an interpreter start-up with torch costs; the commands that work run in a process of
+their own.
+"""
 
 import csv
 import json
@@ -8,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from studio.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TWIN = ROOT / "presets" / "data" / "twin-style.jsonl"
@@ -24,6 +31,25 @@ def studio(home: Path, *args, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, "STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def studio_here(cli_home, monkeypatch, capsys):
+    """`studio_here(*args)`: the command through `main()` in this process, as a CompletedProcess like `studio`'s."""
+    monkeypatch.setenv("STUDIO_HOME", str(cli_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's refusals
+            code = e.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +71,20 @@ def prompts_file(tmp_path_factory) -> Path:
 # --- existing commands -------------------------------------------------------------------------
 
 
-def test_presets_lists_every_preset(cli_home):
+@pytest.mark.subprocess
+def test_presets_lists_every_preset(cli_home, studio_here):
     done = studio(cli_home, "presets", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     names = {r["name"] for r in rows}
     assert {"cpu-quickstart", "llm-twin-dpo", "twin-style-cpu", "concise-helpful-cpu"} <= names
     assert all(r["card"].get("title") for r in rows)
-    plain = studio(cli_home, "presets")
+    plain = studio_here("presets")
     assert plain.returncode == 0 and "twin-style-cpu" in plain.stdout
 
 
-def test_data_check_reports_the_file_as_json(cli_home):
-    done = studio(cli_home, "data", "check", TWIN, "--json")
+def test_data_check_reports_the_file_as_json(studio_here):
+    done = studio_here("data", "check", TWIN, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert {"format", "rows", "pairs", "dropped"} <= set(report)
@@ -70,15 +97,17 @@ def test_data_check_reports_the_file_as_json(cli_home):
     ('{"foo": "a", "bar": "b"}\n', "Could not tell which columns"),
     (None, "file not found"),
 ])
-def test_data_check_bad_input_exits_2_with_the_reason_on_stderr(cli_home, tmp_path, content, words):
+def test_data_check_bad_input_exits_2_with_the_reason_on_stderr(studio_here, tmp_path, content, words):
     path = tmp_path / "pairs.jsonl"
     if content is not None:
         path.write_text(content)
-    done = studio(cli_home, "data", "check", path, "--json", "--no-tokens")
+    done = studio_here("data", "check", path, "--json", "--no-tokens")
     assert done.returncode == 2
     assert words in done.stderr and done.stdout == "" and "Traceback" not in done.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_train_leaves_a_complete_run_folder(trained_run):
     out, done = trained_run
     assert done.returncode == 0, done.stderr
@@ -89,14 +118,16 @@ def test_train_leaves_a_complete_run_folder(trained_run):
     assert json.loads((out / "status.json").read_text())["state"] == "done"
 
 
-def test_train_with_a_bad_override_exits_2(cli_home):
-    done = studio(cli_home, "train", "--set", "beta=-1", "--max-steps", 1)
+def test_train_with_a_bad_override_exits_2(studio_here):
+    done = studio_here("train", "--set", "beta=-1", "--max-steps", 1)
     assert done.returncode == 2 and "beta must be > 0" in done.stderr
 
 
 # --- eval / chat / compare ---------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_eval_prints_the_accuracies_as_json_and_saves_them(trained_run, cli_home, prompts_file):
     out, _ = trained_run
     done = studio(cli_home, "eval", out, "--json", "--prompts", prompts_file, "--max-new-tokens", 8)
@@ -110,6 +141,8 @@ def test_eval_prints_the_accuracies_as_json_and_saves_them(trained_run, cli_home
     assert json.loads((out / "eval.json").read_text())["tuned_accuracy"] == result["tuned_accuracy"]
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_eval_with_data_scores_every_pair_of_that_file(trained_run, cli_home, tmp_path, prompts_file):
     out, _ = trained_run
     rows = [json.loads(line) for line in TWIN.read_text().splitlines()[:5]]
@@ -124,6 +157,8 @@ def test_eval_with_data_scores_every_pair_of_that_file(trained_run, cli_home, tm
     assert "reward_accuracy:" in done.stdout
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_chat_prints_baseline_and_tuned_answers(trained_run, cli_home):
     out, _ = trained_run
     done = studio(cli_home, "chat", out, "--prompt", "Say hello.", "--max-new-tokens", 6, "--json")
@@ -132,6 +167,8 @@ def test_chat_prints_baseline_and_tuned_answers(trained_run, cli_home):
     assert answer["baseline"].strip() and answer["tuned"].strip() and answer["prompt"] == "Say hello."
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_compare_prints_the_grid_and_writes_csv_and_markdown(trained_run, cli_home, tmp_path, prompts_file):
     out, _ = trained_run
     csv_path, md_path = tmp_path / "grid.csv", tmp_path / "grid.md"
@@ -151,8 +188,8 @@ def test_compare_prints_the_grid_and_writes_csv_and_markdown(trained_run, cli_ho
 
 @pytest.mark.parametrize("command", [["eval", "no-such-run"], ["chat", "no-such-run", "--prompt", "hi"],
                                      ["compare", "no-such-run"]])
-def test_an_unknown_run_exits_2(cli_home, command):
-    done = studio(cli_home, *command)
+def test_an_unknown_run_exits_2(studio_here, command):
+    done = studio_here(*command)
     assert done.returncode == 2 and "No run 'no-such-run'" in done.stderr
 
 
@@ -164,11 +201,13 @@ def test_an_unknown_run_exits_2(cli_home, command):
     (["--grid", "beta=0.1,0.2,0.3,0.4", "--grid", "learning_rate=1,2,3,4"], "makes 16 runs"),
     ([], "--grid"),
 ])
-def test_sweep_refuses_bad_grids_with_exit_2(cli_home, grid, words):
-    done = studio(cli_home, "sweep", "--preset", "cpu-quickstart", *grid)
+def test_sweep_refuses_bad_grids_with_exit_2(studio_here, grid, words):
+    done = studio_here("sweep", "--preset", "cpu-quickstart", *grid)
     assert done.returncode == 2 and words in done.stderr
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_sweep_runs_the_grid_and_prints_the_comparison(cli_home, prompts_file):
     done = studio(cli_home, "sweep", "--preset", "cpu-quickstart", "--grid", "beta=0.3", "--max-steps", 1,
                   "--set", "max_length=48", "--set", "eval_steps=0", "--set", "lora_target_modules=q_proj,v_proj",

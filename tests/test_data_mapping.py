@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from test_ui_client import DATA_OUTPUTS
+from helpers import DATA_OUTPUTS
 
 
 @pytest.fixture(scope="module")

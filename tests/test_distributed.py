@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun_two_processes_train_one_run_written_once(studio_home, style_pairs):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT", "ACCELERATE_MIXED_PRECISION")}

@@ -3,6 +3,8 @@
 import csv
 import io
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +33,6 @@ from studio.probes import (
     probe_settings,
 )
 from studio.runs import Run
-from studio.training import TrainingJob
 
 PROBES = ["Tell me one thing about tea.", "Tell me one thing about clouds."]
 SHORT = probe_settings(max_new_tokens=8)
@@ -50,14 +51,10 @@ def engine(home):
 
 
 @pytest.fixture(scope="module")
-def trained(home, style_pairs):
-    """A few steps at a high learning rate on a tiny, consistent preference: plain answers over padded ones."""
-    cfg = RunConfig(model="embedded", data=str(style_pairs), max_steps=8, per_device_train_batch_size=4,
-                    learning_rate=1e-3, beta=0.1, lora_r=8, lora_alpha=16, max_length=64, eval_fraction=0.25,
-                    eval_steps=0, save_steps=0)
-    job = TrainingJob(cfg, preset="test").start()
-    assert job.wait(600) == "done", job.error
-    return job.run
+def trained(home, finished_run):
+    """The session's shared short run (conftest.SHARED_RUN), copied into this module's home: a few steps at a high
+    learning rate on a tiny, consistent preference, plain answers over padded ones."""
+    return finished_run
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +79,7 @@ def trained_eval(trained, engine, style_pairs):
     return evaluate_run(trained, data=str(style_pairs), engine=engine, probes=PROBES, settings=SHORT)
 
 
+@pytest.mark.slow
 def test_dpo_moves_the_preference_towards_the_chosen_answers(trained_eval):
     r = trained_eval
     assert r["pairs"] == 12
@@ -94,6 +92,7 @@ def test_dpo_moves_the_preference_towards_the_chosen_answers(trained_eval):
     assert r["beta"] == 0.1 and r["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval, style_pairs):
     r = trained_eval
     for key in (*PROBE_KEYS, "damage"):
@@ -113,15 +112,33 @@ def test_eval_measures_the_probe_answers_of_baseline_and_tuned(trained_eval, sty
     assert [p["prompt"] for p in probes] == PROBES and all(p["baseline_answer"].strip() for p in probes)
     assert all(isinstance(p["ended_on_own"], bool) and isinstance(p["baseline_ended_on_own"], bool) for p in probes)
     assert r["ended_on_own"] == sum(p["ended_on_own"] for p in probes) / len(probes)
-    assert isinstance(r["damage"], list) and all(isinstance(w, str) for w in r["damage"])
+    # The warnings follow from the measures in the same result: one on repetition exactly when it rose more than
+    # REPETITION_RISE over the baseline's, one on length exactly when the ratio left LENGTH_RATIO_BAND, and only
+    # when the accuracy rose.
+    rose = r["tuned_accuracy"] > r["baseline_accuracy"]
+    repeats = rose and r["repetition"] is not None and r["repetition"] - (r["baseline_repetition"] or 0.0) > REPETITION_RISE
+    low, high = LENGTH_RATIO_BAND
+    off_length = rose and r["length_ratio"] is not None and not low <= r["length_ratio"] <= high
+    kinds = [("repeat" in w, " longer" in w or " shorter" in w) for w in r["damage"]]
+    assert kinds == [(True, False)] * repeats + [(False, True)] * off_length, (r["damage"], r)
+    assert r["damage"] == damage_warnings(r)
 
 
-def test_the_compare_table_row_carries_the_damage_measures(trained, trained_eval):
+@pytest.mark.slow
+def test_the_compare_table_row_carries_the_damage_measures(trained, trained_eval, tmp_path):
     row = result_row(trained)
     assert row["length_ratio"] == trained_eval["length_ratio"] and row["repetition"] == trained_eval["repetition"]
-    assert row["damage"] is None or row["damage"].startswith("⚠")
+    warnings = trained_eval["damage"]
+    assert row["damage"] == (" ".join(f"⚠ {w}" for w in warnings) if warnings else None)
+    # Both kinds of cell whatever this run's probes gave: the warnings joined, each marked; none is an empty cell.
+    copy = Run(Path(shutil.copytree(trained.path, tmp_path / trained.id)))
+    copy.write_json("eval.json", {**trained_eval, "damage": ["The answers repeat.", "The answers got longer."]})
+    assert result_row(copy)["damage"] == "⚠ The answers repeat. ⚠ The answers got longer."
+    copy.write_json("eval.json", {**trained_eval, "damage": []})
+    assert result_row(copy)["damage"] is None
 
 
+@pytest.mark.slow
 def test_stream_reports_whether_each_answer_ended_on_its_own(engine):
     from studio.chat import GenerationSettings
 
@@ -139,6 +156,7 @@ def test_stream_reports_whether_each_answer_ended_on_its_own(engine):
     assert finished == [True, False], texts  # a one-word answer ends; "one thing about tea" runs on
 
 
+@pytest.mark.slow
 def test_eval_json_is_written_to_the_run_folder(trained, trained_eval):
     saved = json.loads((trained.path / "eval.json").read_text())
     assert saved == json.loads(json.dumps(trained_eval))
@@ -148,6 +166,7 @@ def test_eval_json_is_written_to_the_run_folder(trained, trained_eval):
     assert [p["prompt"] for p in saved["probes"]] == PROBES
 
 
+@pytest.mark.slow
 def test_without_data_the_run_is_scored_on_the_pairs_training_held_out(trained, engine):
     r = evaluate_run(trained, engine=engine, probes=[], save=False)
     assert r["pairs"] == trained.read_json("data.json")["eval_pairs"] == 3
@@ -159,6 +178,7 @@ def untrained_eval(untrained, engine, style_pairs):
     return evaluate_run(untrained, data=str(style_pairs), engine=engine, probes=PROBES[:1], settings=SHORT)
 
 
+@pytest.mark.slow
 def test_a_runs_eval_data_file_is_its_held_out_set(untrained, engine, style_pairs):
     run = untrained
     cfg = run.config()
@@ -170,6 +190,7 @@ def test_a_runs_eval_data_file_is_its_held_out_set(untrained, engine, style_pair
     assert r["pairs"] == 12 and r["data"] == {"source": str(style_pairs), "split": "eval_data file"}
 
 
+@pytest.mark.slow
 def test_an_unchanged_adapter_scores_exactly_like_the_baseline(untrained_eval):
     r = untrained_eval
     assert r["tuned_accuracy"] == r["baseline_accuracy"]
@@ -182,6 +203,7 @@ def test_an_unchanged_adapter_scores_exactly_like_the_baseline(untrained_eval):
     assert all(p["answer"] == p["baseline_answer"] for p in r["probes"])
 
 
+@pytest.mark.slow
 def test_baseline_accuracy_is_the_plain_base_model_measured_per_token(untrained_eval, engine, style_pairs):
     """Cross-check by hand: score every pair with sequence_logps on the base weights (adapters off)."""
     from studio.data import load_preferences
@@ -206,6 +228,7 @@ def test_a_run_without_an_adapter_is_refused(home):
 # --- probe grids -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_probe_grid_has_a_baseline_column_and_one_per_run(trained, untrained, engine):
     grid = probe_grid([trained, untrained], PROBES, engine=engine, settings=SHORT)
     assert grid["prompts"] == PROBES
@@ -220,6 +243,7 @@ def test_probe_grid_has_a_baseline_column_and_one_per_run(trained, untrained, en
     json.dumps(grid)  # JSON-serialisable, for the web app and --json
 
 
+@pytest.mark.slow
 def test_probe_grid_is_deterministic_under_fixed_settings(trained, engine):
     first = probe_grid([trained], PROBES, engine=engine, settings=SHORT, reuse=False)
     again = probe_grid([trained], PROBES, engine=engine, settings=SHORT, reuse=False)
@@ -229,6 +253,7 @@ def test_probe_grid_is_deterministic_under_fixed_settings(trained, engine):
     assert trained.read_json("probes.json")["answers"] == first["columns"][1]["answers"]
 
 
+@pytest.mark.slow
 def test_default_probes_come_from_the_presets_probes_file(trained, tmp_path):
     from studio.config import PRESETS_DIR
 

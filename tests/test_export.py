@@ -24,20 +24,16 @@ from studio.cli import main
 from studio.errors import AccessError, ModelError
 from studio.export import export_run, list_exports
 from studio.runs import Run
-from studio.training import TrainingJob
-from test_training import quick_config
 
 PROMPT = [{"role": "user", "content": "Tell me one thing about tea."}]
 NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="module")
-def exported(module_home, style_pairs):
-    """(run, {format: record}, timings): one trained run and its four exports."""
-    cfg = quick_config(style_pairs, max_steps=4, eval_fraction=0, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    job = TrainingJob(cfg, preset="test").start()
-    assert job.wait(300) == "done", job.error
-    run = Run(job.run.path)
+def exported(finished_run):
+    """(run, {format: record}, timings): the session's shared run (LoRA on q, k, v and o; conftest.SHARED_RUN),
+    copied into this module's home, and its four exports."""
+    run = finished_run
     records, timings, phases = {}, {}, []
     for key, fmt, quant in (("adapter", "adapter", "f16"), ("merged", "merged", "f16"),
                             ("gguf-f16", "gguf", "f16"), ("gguf-q8_0", "gguf", "q8_0")):
@@ -70,11 +66,13 @@ def greedy(model, tokenizer) -> tuple[list[int], str]:
     return new, tokenizer.decode(new, skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_the_adapter_changes_the_answer_so_the_comparisons_below_mean_something(studio_answers):
     base, tuned = studio_answers
     assert tuned and tuned != base
 
 
+@pytest.mark.slow
 def test_adapter_export_loads_with_peft_and_answers_like_the_studio(exported, studio_answers):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,6 +100,7 @@ def merged_answer(exported):
     return greedy(model, AutoTokenizer.from_pretrained(folder)), model
 
 
+@pytest.mark.slow
 def test_merged_export_loads_with_transformers_alone_and_answers_like_the_studio(exported, merged_answer, studio_answers):
     from safetensors import safe_open
 
@@ -119,6 +118,7 @@ def test_merged_export_loads_with_transformers_alone_and_answers_like_the_studio
     assert text == studio_answers[1]
 
 
+@pytest.mark.slow
 def test_gguf_f16_loads_through_transformers_and_answers_like_the_merged_model(exported, merged_answer, studio_answers):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,10 +147,11 @@ def readers(exported):
     return read(records["gguf-f16"]), read(records["gguf-q8_0"]), gguf.GGUFReader(embedded_gguf())
 
 
+@pytest.mark.slow
 def test_gguf_metadata_and_layout_match_the_llama_cpp_written_reference(readers):
     import gguf
 
-    from studio.hub import EMBEDDED_LICENSE
+    from studio.model_card import EMBEDDED_LICENSE
 
     ours, _, ref = readers  # the embedded GGUF was written by llama.cpp's convert_hf_to_gguf.py
     value = lambda r, k: r.fields[k].contents()  # noqa: E731
@@ -167,6 +168,7 @@ def test_gguf_metadata_and_layout_match_the_llama_cpp_written_reference(readers)
         assert t.tensor_type.name == expected, t.name
 
 
+@pytest.mark.slow
 def test_gguf_q8_0_is_smaller_and_holds_the_same_weights_within_its_rounding(exported, readers):
     import gguf
 
@@ -187,6 +189,7 @@ def test_gguf_q8_0_is_smaller_and_holds_the_same_weights_within_its_rounding(exp
     assert q8["notes"] == f16["notes"]
 
 
+@pytest.mark.slow
 def test_export_progress_counts_every_tensor(exported):
     _, records, phases = exported
     tensor_steps = [p for p in phases if p[0] == "converting tensors"]
@@ -292,6 +295,7 @@ def ollama_prompt(template: str, default_system: str | None, messages: list[dict
     return render_go(template, {"System": system, "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
 
 
+@pytest.mark.slow
 def test_modelfile_follows_ollama_syntax_and_renders_the_chat_template(exported):
     from transformers import AutoTokenizer
 
@@ -339,6 +343,7 @@ def test_an_unsupported_family_is_refused_by_name_and_nothing_is_written(module_
     assert list_exports(run) == []
 
 
+@pytest.mark.slow
 def test_a_stop_leaves_no_export_behind(exported, tmp_path):
     run, _, _ = exported
     before = list_exports(run)
@@ -348,6 +353,7 @@ def test_a_stop_leaves_no_export_behind(exported, tmp_path):
     assert list_exports(run) == before
 
 
+@pytest.mark.slow
 def test_exports_are_listed_for_the_runs_tab(exported):
     run, records, _ = exported
     listed = {(e["format"], e["quant"]): e for e in list_exports(run)}
@@ -357,6 +363,7 @@ def test_exports_are_listed_for_the_runs_tab(exported):
         assert entry["bytes"] == sum(p.stat().st_size for p in Path(record["path"]).iterdir() if p.name != "export.json")
 
 
+@pytest.mark.slow
 def test_cli_export_writes_json_refuses_a_foreign_folder_and_replaces_its_own(exported, tmp_path, capsys):
     run, _, _ = exported
     out = tmp_path / "adapter-out"
@@ -386,6 +393,7 @@ def files_containing(root: Path, needle: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_push_offline_fails_at_once_without_leaking_the_token(exported, module_home, monkeypatch, capsys):
     from studio.hub import push_to_hub
 
@@ -408,6 +416,7 @@ def test_push_offline_fails_at_once_without_leaking_the_token(exported, module_h
     assert files_containing(module_home, TOKEN) == []
 
 
+@pytest.mark.slow
 def test_a_hub_error_reaches_the_user_without_the_token(exported, module_home, monkeypatch):
     """A stand-in hub that accepts the token, then refuses the upload and echoes the token back."""
     from studio.hub import push_to_hub
@@ -449,8 +458,9 @@ def test_a_hub_error_reaches_the_user_without_the_token(exported, module_home, m
     assert files_containing(module_home, TOKEN) == []
 
 
+@pytest.mark.slow
 def test_model_card_front_matter_comes_from_the_run(exported, tmp_path):
-    from studio.hub import model_card
+    from studio.model_card import model_card
 
     run, _, _ = exported
     copy = Run(Path(shutil.copytree(run.path, tmp_path / run.id)))

@@ -15,9 +15,10 @@ from transformers import TrainerCallback
 from studio.runs import Run, get_run
 from studio.training import TrainingJob
 
-from test_training import quick_config, wait_for
+from helpers import quick_config, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test trains
 
 
 class At(TrainerCallback):
@@ -109,6 +110,7 @@ def test_a_snapshot_exists_after_the_first_step_so_a_killed_run_keeps_one(studio
         job.wait(300)
 
 
+@pytest.mark.subprocess
 def test_a_second_ctrl_c_waits_for_the_save(studio_home, style_pairs):
     """Ctrl-C twice, half a second apart: exit 130, the adapter saved, the run `stopped` (it used to abort)."""
     out = studio_home / "runs" / "ctrl-c"

@@ -67,6 +67,7 @@ job.wait()
 """
 
 
+@pytest.mark.subprocess
 def test_another_process_holding_the_slot_is_named_and_a_killed_one_frees_it(studio_home):
     holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "STUDIO_HOME": str(studio_home)})

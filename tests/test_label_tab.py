@@ -11,7 +11,7 @@ from studio.label import next_pair
 from studio.pools import create_pool, get_pool, human
 from studio.ui.label_tab import LabelTab
 
-from conftest import free_port
+from helpers import free_port
 
 ANSWERS = [("Nine minutes.", "Boiling an egg is a journey that starts with choosing the right pot and water."),
            ("Lisbon.", "Portugal's capital, a city of seven hills and trams, is Lisbon."),
@@ -98,6 +98,7 @@ def test_a_rubric_labels_the_pool_with_a_reason_per_pair(label_app):
     assert len(get_pool(pool.id).decisions("rubric:brief")) == 4
 
 
+@pytest.mark.browser
 def test_keyboard_labelling_in_chromium_survives_a_reload(label_app, open_page):
     from playwright.sync_api import expect
 

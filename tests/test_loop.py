@@ -16,6 +16,7 @@ from studio.pools import create_pool, get_pool
 from studio.rounds import next_round_config
 from studio.training import TrainingJob
 
+pytestmark = pytest.mark.slow  # every test generates or trains
 PROMPTS = ["Describe your ideal weekend.", "Tell me about the sea."]
 SHORT_RUBRIC = "name: brief\nrules:\n  - type: shorter\n    min_difference: 2\n"
 

@@ -90,6 +90,7 @@ def app(launched_app):
     return Client(url, verbose=False), url, home
 
 
+@pytest.mark.slow
 def test_generate_label_judge_train_round_one_and_its_win_rate_through_the_api(app):
     client, _, home = app
     clock = Clock()
@@ -185,6 +186,8 @@ def test_generate_label_judge_train_round_one_and_its_win_rate_through_the_api(a
     assert stopped.info()["state"] == "stopped" and stopped.info()["done"] == len(stopped.candidates()) < len(many)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app, open_page):
     from playwright.sync_api import expect
 

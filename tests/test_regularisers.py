@@ -21,15 +21,17 @@ import pytest
 from studio.runs import Run
 from studio.training import TrainingJob
 
-from test_training import quick_config
+from helpers import quick_config
 
 LN2 = math.log(2.0)
+pytestmark = pytest.mark.slow  # three real runs
 SFT_WEIGHT = 0.5  # not 1, so a test that passed by summing unweighted terms would fail
 
 
 def train(data, **changes) -> list[dict]:
     """The training rows of a finished 3-step run, as the studio wrote them to metrics.jsonl."""
-    job = TrainingJob(quick_config(data, max_steps=3, eval_steps=0, **changes), preset="test").start()
+    # No held-out split: the test reads training rows only, and a final evaluation would add time, not evidence.
+    job = TrainingJob(quick_config(data, max_steps=3, eval_fraction=0, **changes), preset="test").start()
     job.wait()
     assert job.state == "done", job.error
     rows = Run(job.run.path).metrics()

@@ -25,8 +25,9 @@ from studio.runs import Run
 from studio.training import TrainingJob
 from studio.ui.runs_tab import resume_state
 
-from test_training import quick_config, wait_for
+from helpers import quick_config, wait_for
 
+pytestmark = pytest.mark.slow  # real runs, stopped, crashed and resumed
 # Warm-up then decay over 4 steps: a schedule that restarted at the checkpoint would log other rates.
 SETTINGS = dict(max_steps=4, warmup_steps=2, eval_fraction=0)
 

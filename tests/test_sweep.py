@@ -64,6 +64,7 @@ def test_grid_flags_parse_into_values():
         parse_grid(["beta=0.1", "beta=0.2"])
 
 
+@pytest.mark.slow
 def test_a_sweep_leaves_finished_runs_and_a_comparison(finished_sweep):
     sweep, home, states_seen = finished_sweep
     assert sweep.state == "done", sweep.error
@@ -82,6 +83,7 @@ def test_a_sweep_leaves_finished_runs_and_a_comparison(finished_sweep):
     assert rows[0]["baseline_accuracy"] == rows[1]["baseline_accuracy"]
 
 
+@pytest.mark.slow
 def test_each_run_and_the_sweep_folder_record_the_sweep(finished_sweep):
     sweep, home, _ = finished_sweep
     for i, run in enumerate(sweep.runs):
@@ -95,6 +97,7 @@ def test_each_run_and_the_sweep_folder_record_the_sweep(finished_sweep):
     json.dumps(record)
 
 
+@pytest.mark.slow
 def test_stop_ends_the_current_run_and_skips_the_rest(studio_home, style_pairs):
     sweep = Sweep(tiny_config(style_pairs, max_steps=500, eval_fraction=0), {"beta": [0.1, 0.2, 0.3]}, evaluate=False)
     sweep.start()

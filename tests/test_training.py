@@ -7,43 +7,22 @@ import time
 import pytest
 import torch
 
-from studio.config import ConfigError, RunConfig
+from helpers import quick_config, wait_for
+from studio.config import ConfigError
 from studio.runs import Run, list_runs, mark_interrupted
 from studio.training import JobBusy, TrainingJob
 
 
-def quick_config(data, **changes) -> RunConfig:
-    base = dict(model="embedded", data=str(data), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
-                beta=0.1, lora_r=8, lora_alpha=16, max_length=64, eval_fraction=0.25, eval_steps=3, save_steps=0,
-                lora_target_modules=["q_proj", "v_proj"])
-    return RunConfig(**{**base, **changes})
-
-
-def wait_for(predicate, timeout=120.0, poll=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
-
-
 @pytest.fixture(scope="module")
-def finished_run(module_home, style_pairs):
-    """One short run shared by the tests that only read its results."""
-    job = TrainingJob(quick_config(style_pairs), preset="test").start()
-    seen_during_training = []
-    while job.is_alive():
-        rows = job.metrics.since(0)
-        if rows and job.state == "training":
-            seen_during_training.append((len(rows), job.step))
-        time.sleep(0.05)
-    job.wait()
-    return job, seen_during_training
+def trained_job(shared_run):
+    """The session's shared short run (conftest.SHARED_RUN: 6 steps, held-out evaluations at steps 3 and 6), and
+    the (metric rows, step) pairs that were readable while it trained."""
+    return shared_run.job, shared_run.seen_during_training
 
 
-def test_run_finishes_and_its_folder_is_complete(finished_run):
-    job, _ = finished_run
+@pytest.mark.slow
+def test_run_finishes_and_its_folder_is_complete(trained_job):
+    job, _ = trained_job
     assert job.state == "done", job.error
     run = Run(job.run.path)
     assert run.state == "done" and run.status()["step"] == 6
@@ -59,8 +38,9 @@ def test_run_finishes_and_its_folder_is_complete(finished_run):
     assert data["pairs"] == 12 and data["train_pairs"] == 9 and data["eval_pairs"] == 3
 
 
-def test_metrics_arrived_step_by_step_while_training_ran(finished_run):
-    job, seen = finished_run
+@pytest.mark.slow
+def test_metrics_arrived_step_by_step_while_training_ran(trained_job):
+    job, seen = trained_job
     assert seen, "no metric was readable while the job was still training"
     assert min(n for n, _ in seen) < 6, "metrics only appeared at the end"
     train = [m for m in job.metrics.since(0) if "loss" in m]
@@ -76,17 +56,19 @@ def test_metrics_arrived_step_by_step_while_training_ran(finished_run):
     assert on_disk == job.metrics.since(0)
 
 
-def test_incremental_reads_return_only_new_rows(finished_run):
-    job, _ = finished_run
+@pytest.mark.slow
+def test_incremental_reads_return_only_new_rows(trained_job):
+    job, _ = trained_job
     rows = job.metrics.since(0)
     assert job.metrics.since(len(rows) - 2) == rows[-2:] and job.metrics.since(len(rows)) == []
 
 
-def test_saved_adapter_reloads_and_changes_log_probabilities(finished_run):
+@pytest.mark.slow
+def test_saved_adapter_reloads_and_changes_log_probabilities(trained_job):
     from studio.evaluate import sequence_logps
     from studio.models import attach_adapter, load_base
 
-    job, _ = finished_run
+    job, _ = trained_job
     model, tokenizer = load_base("embedded", device="cpu")
     prompt = [{"role": "user", "content": "Tell me one thing about tea."}]
     chosen, rejected = "I like tea. It is simple.", "It is important to note that, in conclusion, tea is a multifaceted topic with numerous considerations."
@@ -101,6 +83,7 @@ def test_saved_adapter_reloads_and_changes_log_probabilities(finished_run):
     assert (tuned[0] - tuned[1]) > (base[0] - base[1])
 
 
+@pytest.mark.slow
 def test_stop_ends_the_run_early_and_still_saves_the_adapter(studio_home, style_pairs):
     job = TrainingJob(quick_config(style_pairs, max_steps=500, eval_fraction=0)).start()
     assert wait_for(lambda: job.step >= 2), job.error
@@ -112,6 +95,7 @@ def test_stop_ends_the_run_early_and_still_saves_the_adapter(studio_home, style_
     assert len([m for m in job.metrics.since(0) if "loss" in m]) >= 2
 
 
+@pytest.mark.slow
 def test_a_second_job_is_refused_while_one_runs(studio_home, style_pairs):
     first = TrainingJob(quick_config(style_pairs, max_steps=500, eval_fraction=0)).start()
     try:

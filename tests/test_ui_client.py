@@ -14,7 +14,9 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from studio.config import load_preset, preset_names
+from helpers import DATA_OUTPUTS
+from studio.config import RunConfig, load_preset, preset_names
+from studio.runs import Run
 from studio.sweep import Sweep
 from studio.training import TrainingJob
 
@@ -44,11 +46,6 @@ def plotted(figure) -> dict[str, int]:
     if not figure or not figure.get("plot"):
         return {}
     return {trace.get("name", ""): len(trace.get("x") or []) for trace in json.loads(figure["plot"])["data"]}
-
-
-# What /check_upload (and the other data checks) return, in order; layout blocks and gr.State are not in the API.
-DATA_OUTPUTS = ("summary", "prompt", "chosen", "rejected", "system", "raw", "histogram", "dropped", "preview", "data",
-                "eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col")
 
 
 def check(client, api_name: str, *args, **kwargs) -> dict:
@@ -135,6 +132,7 @@ def test_bad_settings_and_qlora_on_cpu_are_messages_not_tracebacks(app, style_pa
     assert TrainingJob.active() is None
 
 
+@pytest.mark.slow
 def test_a_run_streams_its_metrics_stops_and_then_both_chat_panes_answer(app, style_pairs):
     client, home = app
     started = time.time()
@@ -202,6 +200,7 @@ def _text(message: dict) -> str:
     return content if isinstance(content, str) else "".join(block.get("text", "") for block in content)
 
 
+@pytest.mark.slow
 def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pairs):
     client, home = app
     before = {p.name for p in (home / "runs").iterdir()} if (home / "runs").is_dir() else set()
@@ -271,6 +270,7 @@ def test_a_two_run_sweep_from_the_compare_tab_opens_its_comparison(app, style_pa
     assert prompts2 == probes and tokens2 == 8 and updated(grid2)["data"] == grid["data"] and len(files2) == 2
 
 
+@pytest.mark.slow
 def test_two_clients_pressing_start_at_the_same_instant_make_exactly_one_run(app, style_pairs):
     client, home = app
     before = set((home / "runs").iterdir()) if (home / "runs").is_dir() else set()
@@ -300,13 +300,18 @@ def test_two_clients_pressing_start_at_the_same_instant_make_exactly_one_run(app
             job.wait(300)
 
 
-def test_deleting_a_run_removes_its_folder(app):
+def test_deleting_a_run_removes_its_folder(app, style_pairs):
     client, home = app
-    runs = sorted(p.name for p in (home / "runs").iterdir())
-    assert runs, "the earlier test left no run to delete"
-    table, *_ = client.predict(runs[0], None, api_name="/delete_run")
-    assert not (home / "runs" / runs[0]).exists()
-    assert runs[0] not in [r[0] for r in table["data"]]
+    # A finished run folder of its own (settings, state, adapter), so the test needs no training before it.
+    run = Run(home / "runs" / "to-delete").create()
+    run.write_config(RunConfig(data=str(style_pairs)))
+    run.write_status(state="done", step=2)
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    assert run.id in [r[0] for r in client.predict(None, None, api_name="/runs")[0]["data"]]
+    table, *_ = client.predict(run.id, None, api_name="/delete_run")
+    assert not run.path.exists()
+    assert run.id not in [r[0] for r in table["data"]]
 
 
 # --- the pieces behind the form, without a server --------------------------------------------------

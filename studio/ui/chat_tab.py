@@ -12,17 +12,16 @@ import time
 import gradio as gr
 
 from studio.access import require_reader
-from studio.chat import GenerationSettings
 from studio.config import load_preset, preset_names
 from studio.probes import HANDBOOK_PROBE
 from studio.models import ModelError, display_name
 from studio.runs import LIVE_STATES, get_run, list_runs
 
 from .common import Services, user_errors
+from .form import generation_from_widgets, generation_widget
 
 THINKING = "…"
 CUT_MARK = "\n\n*[cut at "  # ends an answer stopped by the token limit, not by the model
-CHAT_REPETITION_PENALTY = 1.1  # mild: stops a 135M model's loops without changing a normal answer
 
 
 def run_choices() -> list[tuple[str, str]]:
@@ -95,16 +94,12 @@ class ChatTab:
                 self.clear_btn = gr.Button("Clear", scale=1, min_width=90, elem_id="chat-clear")
             gr.Examples([[p] for p in sample_prompts()], inputs=self.input, label="Sample prompts (click one)")
             with gr.Accordion("Generation settings", open=False):
-                with gr.Row():
-                    self.max_new_tokens = gr.Slider(16, 1024, value=200, step=8, label="Max new tokens",
-                                                    elem_id="chat-max-new-tokens")
-                    self.temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature", elem_id="chat-temperature",
-                                                 info="0 = greedy: both panes differ only by the adapter")
-                    self.top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="chat-top-p")
-                    self.repetition_penalty = gr.Slider(
-                        1.0, 1.5, value=CHAT_REPETITION_PENALTY, step=0.05, label="Repetition penalty",
-                        elem_id="chat-repetition-penalty",
-                        info="1.0 = off; a mild 1.1 keeps a small model from looping (the probe measures use none)")
+                with gr.Row():  # the Chat tab's defaults (studio.generation.DEFAULTS["chat_tab"]) on sliders
+                    self.max_new_tokens = generation_widget("max_new_tokens", "chat_tab", "chat", slider=(16, 1024, 8))
+                    self.temperature = generation_widget("temperature", "chat_tab", "chat", slider=(0, 1.5, 0.05))
+                    self.top_p = generation_widget("top_p", "chat_tab", "chat", slider=(0.05, 1, 0.05))
+                    self.repetition_penalty = generation_widget("repetition_penalty", "chat_tab", "chat",
+                                                                slider=(1.0, 1.5, 0.05))
         self._wire()
 
     def _wire(self) -> None:
@@ -171,8 +166,9 @@ class ChatTab:
             yield {self.status: f"⚠️ {e}", self.baseline: base_history, self.tuned: tuned_history}
             return
         first_token, base_text, tuned_text, finished = None, "", "", []
-        settings = GenerationSettings(int(max_new_tokens), float(temperature), float(top_p),
-                                      repetition_penalty=float(repetition_penalty or 1.0))
+        settings = generation_from_widgets("chat_tab", max_new_tokens=int(max_new_tokens),
+                                           temperature=float(temperature), top_p=float(top_p),
+                                           repetition_penalty=float(repetition_penalty or 1.0))
         for base_text, tuned_text in engine.stream_pair(for_model(base_history), for_model(tuned_history), adapter,
                                                         settings, finished):
             update = {self.baseline: base_history + [{"role": "assistant", "content": base_text or THINKING}],

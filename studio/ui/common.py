@@ -16,8 +16,13 @@ import time
 
 import gradio as gr
 
+from studio.chat import ChatEngine
 from studio.config import field_names, label_of
 from studio.errors import user_message
+from studio.models import load_tokenizer, resolve_model
+from studio.runs import get_run
+
+from . import charts
 
 log = logging.getLogger("studio.ui")
 # What a user sees of a bug: the server log has the traceback; the exception's own words stay there.
@@ -54,7 +59,6 @@ class ChatEngines:
 
     def get(self, model_spec: str, dtype=None):
         """The engine for `model_spec`; dtype None = the chat dtype for this hardware."""
-        from studio.chat import ChatEngine
 
         with self._lock:
             if not self.loaded(model_spec, dtype):
@@ -73,8 +77,6 @@ class Services:
         self._lock = threading.Lock()
 
     def tokenizer(self, model_spec: str):
-        from studio.models import load_tokenizer, resolve_model
-
         with self._lock:
             if model_spec not in self._tokenizers:
                 self._tokenizers[model_spec] = load_tokenizer(resolve_model(model_spec))
@@ -155,9 +157,6 @@ def number(value, digits: int = 4):
 
 def overlay(run_ids: list[str] | None) -> tuple:
     """Reward-margin and loss figures with one line per run, read from the run folders."""
-    from studio.runs import get_run
-
-    from . import charts
 
     series = {}
     for run_id in run_ids or []:

@@ -24,6 +24,7 @@ from studio.runs import LIVE_STATES, get_run, list_runs
 from studio.sweep import LIVE_STATES as SWEEP_LIVE, sweep_grid, value_text
 
 from .common import TABLE_COLUMNS, Services, header, number, overlay, user_errors
+from .form import generation_widget
 from .sweep_box import SweepBox, newest_sweep, prompt_lines, slot_note, sweep_frame, sweep_html
 from .winrate_box import WinRateBox
 
@@ -127,9 +128,8 @@ class CompareTab:
                 self.prompts = gr.Textbox("\n".join(self.default_prompts(picked)), lines=4, max_lines=12, scale=4,
                                           label="Probe prompts (one a line)", elem_id="compare-prompts")
                 with gr.Column(scale=1, min_width=200):
-                    self.max_new_tokens = gr.Slider(8, 512, value=PROBE_MAX_NEW_TOKENS, step=8, label="Max new tokens",
-                                                    info="greedy decoding: the same inputs give the same grid",
-                                                    elem_id="compare-max-new-tokens")
+                    self.max_new_tokens = generation_widget("max_new_tokens", "probes", "compare", slider=(8, 512, 8),
+                                                            info="greedy decoding: the same inputs give the same grid")
                     self.grid_btn = gr.Button("Build probe grid", variant="primary", elem_id="compare-grid-btn")
             grid, files = latest_grid()
             self.grid = gr.Dataframe(grid_frame(grid), column_widths=grid_widths(grid), interactive=False, wrap=True,

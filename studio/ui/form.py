@@ -1,4 +1,5 @@
 """The run settings form, built from RunConfig's field metadata: one widget per field, nothing written by hand.
+The generation widgets (Chat, Compare, Grow pairs) come from GenerationSettings' metadata the same way.
 
 A field's type, choices, bounds, label, help and group (see `studio.config.setting`) decide its
 widget, so a new RunConfig field appears in the form by itself. Values go back through
@@ -15,6 +16,7 @@ import gradio as gr
 
 from studio.config import GROUPS, RunConfig, _base_type, _field_types, choices_of
 from studio.errors import ConfigError
+from studio.generation import DEFAULTS, GenerationSettings, defaults
 
 AUTO = "auto"  # the widget value of an optional choice left to the engine (None in RunConfig)
 PER_ROW = 3
@@ -67,22 +69,47 @@ def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
     try:
         return cls.from_dict(changes, origin="the form")
     except ConfigError as e:
-        labels = {f.name: f.metadata["label"] for f in dataclasses.fields(cls)
-                  if f.metadata.get("label") not in (None, f.name)}
-        named = re.sub(r"\b(\w+)(?= must| needs)", lambda k: f"{labels[k[1]]}: {k[1]}" if k[1] in labels else k[1],
-                       str(e))
-        raise ConfigError(named) from None
+        raise ConfigError(_with_labels(str(e), cls)) from None
 
 
-def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None) -> gr.components.Component:
-    """The widget for one field, from its metadata."""
+def _with_labels(message: str, cls) -> str:
+    """An engine message with each field it names shown by its form label too ("Max new tokens: max_new_tokens …")."""
+    labels = {f.name: f.metadata["label"] for f in dataclasses.fields(cls)
+              if f.metadata.get("label") not in (None, f.name)}
+    return re.sub(r"\b(\w+)(?= must| needs)", lambda k: f"{labels[k[1]]}: {k[1]}" if k[1] in labels else k[1],
+                  message)
+
+
+def generation_widget(name: str, use: str, elem_prefix: str, slider: tuple | None = None,
+                      **extra) -> gr.components.Component:
+    """One GenerationSettings field as its widget, from its metadata, showing the named default set `use`
+    (studio.generation.DEFAULTS). `slider` (low, high, step): a range this page offers; `extra`: layout only."""
+    f = {f.name: f for f in dataclasses.fields(GenerationSettings)}[name]
+    return widget(f, getattr(DEFAULTS[use], name), GenerationSettings,
+                  elem_id=f"{elem_prefix}-{name.replace('_', '-')}", slider=slider, **extra)
+
+
+def generation_from_widgets(use: str, **values) -> GenerationSettings:
+    """Widget values -> the named default set with them applied, validated; a ConfigError names the field's label."""
+    try:
+        return defaults(use, **values)
+    except ConfigError as e:
+        raise ConfigError(_with_labels(str(e), GenerationSettings)) from None
+
+
+def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None,
+           elem_id: str | None = None, slider: tuple | None = None, **extra) -> gr.components.Component:
+    """The widget for one field, from its metadata (`slider`: a range a page offers; `extra`: layout keywords)."""
     m, name = f.metadata, f.name
     kind, choices = _kind(cls, name), choices_of(f)
     info = m.get("help") or ""
-    if bounds_text(m):
+    if bounds_text(m) and slider is None:  # a slider shows its own range
         info += f" ({bounds_text(m)})"
-    common = {"label": m.get("label") or name, "info": info, "elem_id": name.replace("_", "-"),
-              "value": widget_value(name, value, cls)}
+    common = {"label": m.get("label") or name, "info": info, "elem_id": elem_id or name.replace("_", "-"),
+              "value": widget_value(name, value, cls), **extra}
+    if slider is not None:
+        low, high, step = slider
+        return gr.Slider(low, high, step=step, **common)
     if model_choices is not None and name == "model":
         return gr.Dropdown(model_choices, allow_custom_value=True, **common)
     if _is_list(cls, name):

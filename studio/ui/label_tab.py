@@ -221,6 +221,7 @@ class LabelTab:
     def _save(self, choice: str, pool_id: str, name: str | None, pair_id: str) -> None:
         label_human(pool_id, pair_id, choice, human(name))
 
+    @user_errors("Cannot undo")  # a pool deleted meanwhile: a warning, the page as it was
     def undo(self, pool_id: str | None, name: str | None):
         if not pool_id:
             return self.show(pool_id, name)

@@ -14,7 +14,6 @@ import gradio as gr
 
 from studio import jobs
 from studio.access import require_user
-from studio.chat import GenerationSettings
 from studio.config import PRESETS_DIR, preset_names
 from studio.data import FORMATS
 from studio.training_data import check_sources
@@ -23,11 +22,12 @@ from studio.files import check_data_source
 from studio.generate import K_RANGE, check_k, generate_pool, load_prompts, resolve_source, round_of
 from studio.label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool
 from studio.pools import get_pool, preference_files
-from studio.rounds import next_round_config
+from studio.rounds import lineage, next_round_config
 from studio.runs import LIVE_STATES, list_runs
 from studio.training import TrainingJob
 
 from .common import Services, user_errors
+from .form import generation_from_widgets, generation_widget
 from .form import config_from_widgets
 from .jobbox import JobBox, job_html
 from .status import status_html
@@ -131,15 +131,12 @@ class GenerateBox(JobBox):
                 self.model = gr.Dropdown(choices, value=choices[0][1], allow_custom_value=True, label="Model",
                                          info="the SFT baseline, or a run's adapter", elem_id="gen-model")
                 self.k = gr.Slider(*K_RANGE, value=2, step=1, label="Answers per prompt (K)", elem_id="gen-k")
+                with gr.Row():  # pool generation's defaults (studio.generation.DEFAULTS["pool"])
+                    self.temperature = generation_widget("temperature", "pool", "gen", step=0.05, min_width=90)
+                    self.top_p = generation_widget("top_p", "pool", "gen", step=0.05, min_width=90)
                 with gr.Row():
-                    self.temperature = gr.Number(0.8, label="Temperature", minimum=0.05, maximum=2.0, step=0.05,
-                                                 elem_id="gen-temperature", min_width=90)
-                    self.top_p = gr.Number(0.95, label="top_p", minimum=0.05, maximum=1.0, step=0.05,
-                                           elem_id="gen-top-p", min_width=90)
-                with gr.Row():
-                    self.max_new_tokens = gr.Number(128, label="Max new tokens", minimum=1, maximum=2048, precision=0,
-                                                    elem_id="gen-max-new-tokens", min_width=90)
-                    self.seed = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed", min_width=90)
+                    self.max_new_tokens = generation_widget("max_new_tokens", "pool", "gen", min_width=90)
+                    self.seed = generation_widget("seed", "pool", "gen", min_width=90)
         self.job_widgets("gen", "Generate a pool")
 
     @property
@@ -168,10 +165,9 @@ class GenerateBox(JobBox):
         k = check_k(int(k or 0))
         if not temperature or float(temperature) <= 0:
             raise ConfigError("Temperature must be above 0 to sample different answers (0 would give K copies).")
-        settings = GenerationSettings(max_new_tokens=int(max_new_tokens or 0), temperature=float(temperature),
-                                      top_p=float(top_p or 1.0), seed=int(seed or 0))
-        if settings.max_new_tokens < 1:
-            raise ConfigError("Max new tokens must be at least 1.")
+        settings = generation_from_widgets("pool", max_new_tokens=int(max_new_tokens or 0),
+                                           temperature=float(temperature), top_p=float(top_p or 1.0),
+                                           seed=int(seed or 0))
         answerer = resolve_source(model or "embedded")  # a run without an adapter is refused here, not in the job
 
         def work(job):
@@ -344,7 +340,6 @@ class NextRoundBox(JobBox):
 
 def lineage_markdown(run_id: str | None) -> str:
     """One line: the run's rounds from the SFT baseline (round 0) to it, each with the pool or data it learned from."""
-    from studio.rounds import lineage
 
     if not run_id:
         return ""

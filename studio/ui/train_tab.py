@@ -13,7 +13,9 @@ from pathlib import Path
 import gradio as gr
 
 from studio import distributed, memory
-from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
+from studio.config import (
+    PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware, studio_home,
+)
 from studio.access import require_user
 from studio.training_data import check_sources, eval_source
 from studio.files import check_data_source
@@ -158,7 +160,6 @@ class TrainTab:
 
     def launch_command_for(self, preset, gpus, nodes, strategy, **values) -> str:
         """The launch command for the form's settings, or what to fix first."""
-        from studio.config import studio_home
 
         try:
             cfg = config_from_widgets(values)

@@ -14,7 +14,6 @@ import pandas as pd
 
 from studio import jobs
 from studio.access import require_user
-from studio.chat import GenerationSettings
 from studio.config import PRESETS_DIR
 from studio.errors import ConfigError, EvalError
 from studio.generate import BASELINE_WORDS, resolve_source, round_of
@@ -26,6 +25,7 @@ from studio.rounds import lineage
 from studio.winrate import comparison_pool, measure
 
 from .common import Services, escape, user_errors
+from .form import generation_from_widgets, generation_widget
 from .jobbox import JobBox
 from .loop import BASELINE, answering_runs, lineage_markdown
 
@@ -140,8 +140,7 @@ class WinRateBox(JobBox):
                 self.prompts = gr.Textbox(heldout_prompts(), lines=5, max_lines=12, scale=4, elem_id="winrate-prompts",
                                           label="Held-out prompts (one a line)")
                 with gr.Column(scale=2, min_width=220):
-                    self.max_new_tokens = gr.Number(128, label="Max new tokens", minimum=1, maximum=2048, precision=0,
-                                                    elem_id="winrate-max-new-tokens")
+                    self.max_new_tokens = generation_widget("max_new_tokens", "winrate", "winrate")
                     self.decider = gr.Radio(DECIDERS, value="rubric", label="Decided by", elem_id="winrate-decider")
             with gr.Group() as self.rubric_box:
                 self.rubric = gr.Code(_read(RUBRIC), language="yaml", label="Rubric (YAML)", elem_id="winrate-rubric")
@@ -230,9 +229,7 @@ class WinRateBox(JobBox):
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         if not lines:
             raise EvalError("Write at least one held-out prompt, one a line.")
-        settings = GenerationSettings(max_new_tokens=int(max_new_tokens or 0), temperature=0.0)
-        if settings.max_new_tokens < 1:
-            raise ConfigError("Max new tokens must be at least 1.")
+        settings = generation_from_widgets("winrate", max_new_tokens=int(max_new_tokens or 0))
         rubric = load_rubric(rubric_text) if decider == "rubric" else None
         spec = (judge_model or "").strip() or "embedded"
         if decider == "judge":

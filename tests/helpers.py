@@ -1,0 +1,36 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py; a test module never imports another)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from studio.config import RunConfig
+
+
+def quick_config(data, **changes) -> RunConfig:
+    """A short real run on the embedded model: 6 steps of 2 pairs, 64 tokens, LoRA r 8 on q and v."""
+    base = dict(model="embedded", data=str(data), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
+                beta=0.1, lora_r=8, lora_alpha=16, max_length=64, eval_fraction=0.25, eval_steps=3, save_steps=0,
+                lora_target_modules=["q_proj", "v_proj"])
+    return RunConfig(**{**base, **changes})
+
+
+def wait_for(predicate, timeout=120.0, poll=0.05) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# What /check_upload (and the other data checks) return, in order; layout blocks and gr.State are not in the API.
+DATA_OUTPUTS = ("summary", "prompt", "chosen", "rejected", "system", "raw", "histogram", "dropped", "preview", "data",
+                "eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col")
