@@ -125,6 +125,7 @@ def slot_held(studio_home):
         holder.wait(30)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_every_model_command_waits_for_the_slot_with_the_same_message_and_loads_nothing(slot_held, tmp_path):
     home = slot_held
