@@ -362,15 +362,16 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
     from tqdm import tqdm
 
     bar, seen, phase = None, 0, None
+    name = getattr(getattr(job, "config", None), "objective", "dpo").upper().replace("SIMPO", "SimPO")
     while job.is_alive():
         if job.phase != phase and not quiet:
             phase = job.phase
             if bar is None:
                 print(f"[{phase}]", file=sys.stderr)
             else:
-                bar.set_description(phase if phase != "training" else "DPO")
+                bar.set_description(phase if phase != "training" else name)
         if bar is None and job.total_steps and not quiet:
-            bar = tqdm(total=job.total_steps, initial=job.step, desc="DPO", unit="step", file=sys.stderr)
+            bar = tqdm(total=job.total_steps, initial=job.step, desc=name, unit="step", file=sys.stderr)
         rows = job.metrics.since(seen)
         seen += len(rows)
         train_rows = [r for r in rows if "loss" in r]

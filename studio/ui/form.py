@@ -18,7 +18,7 @@ from studio.errors import ConfigError
 
 AUTO = "auto"  # the widget value of an optional choice left to the engine (None in RunConfig)
 PER_ROW = 3
-OPEN_GROUPS = ("Model", "Data", "LoRA", "DPO", "Optimisation")
+OPEN_GROUPS = ("Model", "Data", "LoRA", "Objective", "Optimisation")
 
 
 def _optional(cls, name: str) -> bool:
