@@ -246,7 +246,12 @@ def cmd_data_check(args) -> int:
     print("columns used: " + ", ".join(f"{part}={column}" for part, column in report["used"].items()))
     for note in report["notes"]:
         print(f"note: {note}")
-    print(f"rows read: {report['rows']}, usable pairs: {report['pairs']}, dropped: {len(report['dropped'])}")
+    if report.get("unpaired"):  # KTO's single answers: say how many of each, and which objective reads them
+        labels = report.get("labels") or {}
+        print(f"rows read: {report['rows']}, usable answers: {report['pairs']} ({labels.get('up', 0)} thumbs up, "
+              f"{labels.get('down', 0)} thumbs down; objective kto reads them), dropped: {len(report['dropped'])}")
+    else:
+        print(f"rows read: {report['rows']}, usable pairs: {report['pairs']}, dropped: {len(report['dropped'])}")
     for d in report["dropped"][:50]:
         print(f"  row {d['row']}: {d['reason']}")
     if len(report["dropped"]) > 50:

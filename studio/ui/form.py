@@ -74,8 +74,10 @@ def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
         raise ConfigError(named) from None
 
 
-def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None) -> gr.components.Component:
-    """The widget for one field, from its metadata."""
+def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None,
+           cfg_of_form=None) -> gr.components.Component:
+    """The widget for one field, from its metadata (`cfg_of_form`: the whole config, for what depends on other
+    fields, e.g. an objective's own settings shown only for it)."""
     m, name = f.metadata, f.name
     kind, choices = _kind(cls, name), choices_of(f)
     info = m.get("help") or ""
@@ -83,6 +85,8 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         info += f" ({bounds_text(m)})"
     common = {"label": m.get("label") or name, "info": info, "elem_id": name.replace("_", "-"),
               "value": widget_value(name, value, cls)}
+    if m.get("objectives"):  # an objective's own setting: shown only while that objective is picked
+        common["visible"] = getattr(cfg_of_form, "objective", None) in m["objectives"] if cfg_of_form else True
     if model_choices is not None and name == "model":
         return gr.Dropdown(model_choices, allow_custom_value=True, **common)
     if _is_list(cls, name):
@@ -127,7 +131,27 @@ def build_settings(cfg: RunConfig, model_choices: list[str] | None = None) -> di
             if more:
                 with gr.Accordion(f"More {group.lower()} settings", open=False):
                     _rows(more, cfg, out, model_choices)
+    _follow_objective(out, cls)
     return out
+
+
+def objective_visibility(objective: str, cls=RunConfig) -> dict[str, bool]:
+    """Field name -> shown, for the fields that belong to some objectives only."""
+    return {f.name: objective in f.metadata["objectives"] for f in dataclasses.fields(cls) if f.metadata.get("objectives")}
+
+
+def _follow_objective(out: dict, cls) -> None:
+    """Picking an objective shows its own settings and hides the others' (their values stay, unused)."""
+    owned = [name for name in objective_visibility("dpo", cls) if name in out]
+    if "objective" not in out or not owned:
+        return
+
+    def show(objective):
+        visible = objective_visibility(objective, cls)
+        return [gr.update(visible=visible[name]) for name in owned]
+
+    out["objective"].change(show, inputs=out["objective"], outputs=[out[n] for n in owned], show_progress="hidden",
+                            api_visibility="private", queue=False)
 
 
 def _rows(fields, cfg, out, model_choices) -> None:
@@ -135,4 +159,4 @@ def _rows(fields, cfg, out, model_choices) -> None:
     for i in range(0, len(fields), PER_ROW):
         with gr.Row():
             for f in fields[i:i + PER_ROW]:
-                out[f.name] = widget(f, getattr(cfg, f.name), cls, model_choices)
+                out[f.name] = widget(f, getattr(cfg, f.name), cls, model_choices, cfg_of_form=cfg)
