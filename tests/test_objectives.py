@@ -185,3 +185,26 @@ def test_every_change_that_alters_the_reference_misses(two_dpo_runs, tmp_path):
     # An entry that does not fit the rows asked for is never used.
     assert refcache.load(key, len(dataset) + 1, refcache.COLUMNS["dpo"]) is None
     assert refcache.load(key, len(dataset), refcache.COLUMNS["dpo"]) is not None
+
+
+@pytest.mark.browser
+def test_picking_an_objective_in_the_browser_shows_its_own_settings(launched_app, open_page):
+    from playwright.sync_api import expect
+
+    url, _ = launched_app
+    page = open_page(1400, 1000)
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    expect(page.locator("#beta")).to_be_visible()
+    expect(page.locator("#simpo-gamma")).to_be_hidden()
+    page.locator("#objective input").click()
+    page.get_by_role("option", name="simpo", exact=True).click()
+    expect(page.locator("#simpo-gamma")).to_be_visible()
+    expect(page.locator("#simpo-beta")).to_be_visible()
+    expect(page.locator("#beta")).to_be_hidden()
+    expect(page.locator("#desirable-weight")).to_be_hidden()
+    page.locator("#objective input").click()
+    page.get_by_role("option", name="kto", exact=True).click()
+    expect(page.locator("#desirable-weight")).to_be_visible()
+    expect(page.locator("#beta")).to_be_visible()
+    expect(page.locator("#simpo-gamma")).to_be_hidden()
