@@ -187,8 +187,8 @@ def token_histogram(lengths: dict[str, list[int]], max_length: int | None = None
     """Overlaid histograms of prompt / chosen / rejected token counts, with max_length marked on the pair lengths."""
     fig = _figure("Token lengths per pair", "pairs", None if lengths.get("prompt") else "no token counts", height=300)
     fig.update_xaxes(title="tokens", rangemode="tozero")
-    colors = {"prompt": TRAIN, "chosen": CHOSEN, "rejected": REJECTED, "pair": "#64748b"}
-    for part in ("prompt", "chosen", "rejected", "pair"):
+    colors = {"prompt": TRAIN, "chosen": CHOSEN, "rejected": REJECTED, "completion": CHOSEN, "pair": "#64748b"}
+    for part in ("prompt", "chosen", "rejected", "completion", "pair"):
         values = lengths.get(part) or []
         if values:
             fig.add_histogram(x=values, name="prompt + longer answer" if part == "pair" else part, opacity=0.55,
