@@ -114,3 +114,25 @@ def test_unpaired_token_counts_have_a_completion_part(tmp_path, studio_home):
                             max_length=256)
     assert set(data.report.tokens) == {"prompt", "completion", "pair"}
     assert data.report.tokens["completion"]["min"] >= 1
+
+
+def test_held_out_accuracy_needs_pairs_and_reference_free_objectives_score_on_the_plain_log_ratio(tmp_path,
+                                                                                                 studio_home):
+    from studio.errors import EvalError
+    from studio.evaluate import eval_pairs
+    from studio.objectives import reward_beta
+    from studio.runs import Run
+
+    thumbs = write_jsonl(tmp_path, THUMBS)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Run(run_dir).write_config(RunConfig(data=str(thumbs), objective="kto", eval_fraction=0.5))
+    with pytest.raises(EvalError, match="single answers with a thumbs up or down.*--data FILE"):
+        eval_pairs(Run(run_dir))
+    pairs = write_jsonl(tmp_path, [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)],
+                        "pairs.jsonl")
+    scored, source = eval_pairs(Run(run_dir), data=str(pairs))  # a KTO run is scored on a file of pairs
+    assert len(scored) == 3 and source["source"] == str(pairs)
+    assert reward_beta(RunConfig(objective="dpo", beta=0.2)) == 0.2
+    assert reward_beta(RunConfig(objective="kto", beta=0.3)) == 0.3
+    assert reward_beta(RunConfig(objective="orpo", beta=0.2)) == reward_beta(RunConfig(objective="simpo")) == 1.0
