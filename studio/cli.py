@@ -324,7 +324,12 @@ def cmd_data_check(args) -> int:
     print("columns used: " + ", ".join(f"{part}={column}" for part, column in report["used"].items()))
     for note in report["notes"]:
         print(f"note: {note}")
-    print(f"rows read: {report['rows']}, usable pairs: {report['pairs']}, dropped: {len(report['dropped'])}")
+    if report.get("unpaired"):  # KTO's single answers: say how many of each, and which objective reads them
+        labels = report.get("labels") or {}
+        print(f"rows read: {report['rows']}, usable answers: {report['pairs']} ({labels.get('up', 0)} thumbs up, "
+              f"{labels.get('down', 0)} thumbs down; objective kto reads them), dropped: {len(report['dropped'])}")
+    else:
+        print(f"rows read: {report['rows']}, usable pairs: {report['pairs']}, dropped: {len(report['dropped'])}")
     for d in report["dropped"][:50]:
         print(f"  row {d['row']}: {d['reason']}")
     if len(report["dropped"]) > 50:
@@ -436,15 +441,16 @@ def follow(job, quiet: bool = False, poll: float = 0.5) -> None:
     from tqdm import tqdm
 
     bar, seen, phase = None, 0, None
+    name = getattr(getattr(job, "config", None), "objective", "dpo").upper().replace("SIMPO", "SimPO")
     while job.is_alive():
         if job.phase != phase and not quiet:
             phase = job.phase
             if bar is None:
                 print(f"[{phase}]", file=sys.stderr)
             else:
-                bar.set_description(phase if phase != "training" else "DPO")
+                bar.set_description(phase if phase != "training" else name)
         if bar is None and job.total_steps and not quiet:
-            bar = tqdm(total=job.total_steps, initial=job.step, desc="DPO", unit="step", file=sys.stderr)
+            bar = tqdm(total=job.total_steps, initial=job.step, desc=name, unit="step", file=sys.stderr)
         rows = job.metrics.since(seen)
         seen += len(rows)
         train_rows = [r for r in rows if "loss" in r]

@@ -29,9 +29,13 @@ PRESETS_DIR = ROOT / "presets"
 METHODS = ("lora", "qlora")
 BACKENDS = ("auto", "transformers", "unsloth")
 PROMPT_TEMPLATES = ("chat", "alpaca")
+# What a run optimises. dpo: pairs against the frozen base (TRL's DPOTrainer); kto: one answer at a time with a
+# thumbs up or down (KTOTrainer); orpo and simpo: pairs with no reference model (ORPOTrainer; CPOTrainer with
+# loss_type simpo and no NLL term). studio.objectives holds what differs between them.
+OBJECTIVES = ("dpo", "kto", "orpo", "simpo")
 EIGHT_BIT_OPTIMS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-GROUPS = ("Model", "Data", "LoRA", "DPO", "Optimisation", "Hardware")
+GROUPS = ("Model", "Data", "LoRA", "Objective", "Optimisation", "Hardware")
 
 
 def studio_home() -> Path:
@@ -66,16 +70,20 @@ def optimizers() -> tuple[str, ...]:
 
 
 def setting(default, help: str, group: str, label: str | None = None, *, choices=None, gt=None, ge=None,
-            lt=None, le=None, hint: str | None = None, trl: bool = False, lora: str | None = None,
-            sweep: list | None = None, advanced: bool = False, custom: bool = False):
+            lt=None, le=None, hint: str | None = None, trl: bool | str = False, lora: str | None = None,
+            sweep: list | None = None, advanced: bool = False, custom: bool = False, objectives: tuple | None = None):
     """A RunConfig field with everything the form, the CLI, sweeps and the trainer need to know about it.
 
     `choices` is a tuple or a function returning one (read lazily from TRL); `gt/ge/lt/le` bound numbers;
     `hint` says why the bound is there; `sweep` suggests values to try in a sweep (None: not sweepable);
     `custom` lets a choice field take other values (the form shows the choices as suggestions).
+    `trl`: True passes the field to the trainer's config under its own name, a string under that TRL name
+    (ORPO's and SimPO's beta are `beta` in their configs); `objectives` limits a field to the objectives it
+    belongs to (None: every objective): only those receive it, and the form shows it only for them.
     """
     meta = {"help": help, "group": group, "label": label, "choices": choices, "gt": gt, "ge": ge, "lt": lt,
-            "le": le, "hint": hint, "trl": trl, "lora": lora, "sweep": sweep, "advanced": advanced, "custom": custom}
+            "le": le, "hint": hint, "trl": trl, "lora": lora, "sweep": sweep, "advanced": advanced, "custom": custom,
+            "objectives": objectives}
     if callable(default) or isinstance(default, list):
         factory = default if callable(default) else (lambda d=default: list(d))
         return field(default_factory=factory, metadata=meta)
@@ -124,21 +132,42 @@ class RunConfig:
                                              "Target modules", choices=tuple(ALL_PROJECTIONS), custom=True,
                                              lora="target_modules")
 
-    # --- DPO ---
-    beta: float = setting(0.1, "higher keeps the policy closer to the reference model", "DPO", "beta", gt=0, le=100,
-                          trl=True, sweep=[0.05, 0.1, 0.2, 0.5])
+    # --- objective ---
+    objective: str = setting("dpo", "dpo: pairs against the frozen base model; kto: single answers with a thumbs up or "
+                             "down (a pair counts as one of each); orpo and simpo: pairs with no reference model "
+                             "(no reference pass: faster, less memory)", "Objective", "Objective", choices=OBJECTIVES,
+                             sweep=list(OBJECTIVES))
+    beta: float = setting(0.1, "higher keeps the policy closer to the reference model", "Objective", "beta", gt=0, le=100,
+                          trl=True, sweep=[0.05, 0.1, 0.2, 0.5], objectives=("dpo", "kto"))
     loss_type: list[str] = setting(["sigmoid"], "sigmoid = the original DPO loss; several are summed with loss_weights "
                                    "(sigmoid + sft adds an NLL term on the chosen answer, the RPO recipe, against "
-                                   "answers that fall apart)", "DPO", "Loss type", choices=loss_types, trl=True,
-                                   sweep=[["sigmoid"], ["ipo"], ["sigmoid", "sft"]])
-    loss_weights: list[float] | None = setting(None, "one weight per loss type (empty: 1 each)", "DPO", "Loss weights",
-                                               trl=True)
+                                   "answers that fall apart)", "Objective", "Loss type", choices=loss_types, trl=True,
+                                   sweep=[["sigmoid"], ["ipo"], ["sigmoid", "sft"]], objectives=("dpo",))
+    loss_weights: list[float] | None = setting(None, "one weight per loss type (empty: 1 each)", "Objective",
+                                               "Loss weights", trl=True, objectives=("dpo",))
     ld_alpha: float | None = setting(None, "length-desensitised DPO: < 1 down-weights the tokens past the shorter "
-                                     "answer's length, against drifting to verbose answers (empty: off)", "DPO",
-                                     "LD-DPO alpha", ge=0, le=1, trl=True, advanced=True)
+                                     "answer's length, against drifting to verbose answers (empty: off)", "Objective",
+                                     "LD-DPO alpha", ge=0, le=1, trl=True, advanced=True, objectives=("dpo",))
     label_smoothing: float = setting(0.0, "for loss robust: the share of labels assumed flipped, against noisy pairs",
-                                     "DPO", "Label smoothing", ge=0, lt=0.5, trl=True, advanced=True)
-    max_length: int = setting(512, "prompt + answer tokens; longer pairs are cut from the end", "DPO",
+                                     "Objective", "Label smoothing", ge=0, lt=0.5, trl=True, advanced=True,
+                                     objectives=("dpo",))
+    desirable_weight: float = setting(1.0, "KTO: weight of the thumbs-up answers' loss; raise it when they are "
+                                      "fewer than the thumbs-down ones (KTO paper: keep weight x count about equal)",
+                                      "Objective", "Desirable weight", gt=0, le=100, trl=True, objectives=("kto",),
+                                      sweep=[0.5, 1.0, 1.33])
+    undesirable_weight: float = setting(1.0, "KTO: weight of the thumbs-down answers' loss", "Objective",
+                                        "Undesirable weight", gt=0, le=100, trl=True, objectives=("kto",),
+                                        sweep=[0.5, 1.0, 1.33])
+    orpo_beta: float = setting(0.1, "ORPO: weight of the odds-ratio term beside the NLL on the chosen answer "
+                               "(the paper's lambda)", "Objective", "ORPO beta", gt=0, le=100, trl="beta",
+                               objectives=("orpo",), sweep=[0.05, 0.1, 0.25, 0.5])
+    simpo_beta: float = setting(2.0, "SimPO: scale of the length-normalised reward (the paper uses 2 to 2.5)",
+                                "Objective", "SimPO beta", gt=0, le=100, trl="beta", objectives=("simpo",),
+                                sweep=[1.0, 2.0, 2.5])
+    simpo_gamma: float = setting(1.0, "SimPO: the reward margin the chosen answer must win by (the paper: about "
+                                 "half of beta)", "Objective", "SimPO gamma", ge=0, le=100, trl=True,
+                                 objectives=("simpo",), sweep=[0.5, 1.0, 1.4])
+    max_length: int = setting(512, "prompt + answer tokens; longer pairs are cut from the end", "Objective",
                               "Max length (tokens)", ge=16, le=131072, hint="to hold a prompt and an answer",
                               trl=True, sweep=[128, 256, 512])
 
@@ -199,13 +228,28 @@ class RunConfig:
     def replace(self, **changes) -> "RunConfig":
         return type(self).from_dict({**self.to_dict(), **changes})
 
-    def trl_kwargs(self) -> dict:
-        """The settings TRL's DPOConfig takes under the same names."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("trl")}
+    def trl_kwargs(self, objective: str | None = None) -> dict:
+        """The settings the objective's TRL config (DPOConfig, KTOConfig, ORPOConfig, CPOConfig) takes, under TRL's
+        names: every trl field that applies to `objective` (default: this config's)."""
+        objective = objective or self.objective
+        return {trl_name(f): getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("trl") and applies(f, objective)}
 
     def lora_kwargs(self) -> dict:
         """The settings PEFT's LoraConfig (and Unsloth's get_peft_model) take, under their names."""
         return {f.metadata["lora"]: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("lora")}
+
+
+def trl_name(f: dataclasses.Field) -> str:
+    """The name TRL's config gives the field."""
+    trl = f.metadata.get("trl")
+    return trl if isinstance(trl, str) else f.name
+
+
+def applies(f: dataclasses.Field, objective: str) -> bool:
+    """True when the field is used by `objective` (a field without `objectives` is used by all)."""
+    only = f.metadata.get("objectives")
+    return not only or objective in only
 
 
 def field_names(cls=RunConfig) -> list[str]:
@@ -349,7 +393,11 @@ def _problems(c: RunConfig):
                f"({', '.join(c.loss_type)}), {len(c.loss_weights)} weight(s)")
     if c.loss_weights is not None and not all(math.isfinite(w) and w >= 0 for w in c.loss_weights):
         yield f"loss_weights must be finite and >= 0, got {c.loss_weights!r}"
-    if c.label_smoothing and not set(c.loss_type) & {"robust", "exo_pair"}:
+    if c.objective == "kto" and c.per_device_train_batch_size < 2:
+        # TRL's KTO estimates its KL term from the other answers of the same batch: one answer has none.
+        yield (f"per_device_train_batch_size must be at least 2 for objective kto (its KL estimate pairs each prompt "
+               f"with another answer of the same batch), got {c.per_device_train_batch_size}")
+    if c.objective == "dpo" and c.label_smoothing and not set(c.loss_type) & {"robust", "exo_pair"}:
         yield "label_smoothing is used only by loss_type robust or exo_pair; add one of them or set it to 0"
 
 

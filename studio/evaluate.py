@@ -22,6 +22,7 @@ from .data import Columns, load_preferences
 from .errors import EvalError  # noqa: F401 - re-exported: callers catch it from here
 from .measures import PROBE_KEYS, chosen_mean_words, damage_warnings, length_ratio, measures, probe_comparison
 from .models import NO_ADAPTER as BASE, chat_ids
+from .objectives import reward_beta
 from .probes import baseline_answers, column_answers, default_probes, probe_settings
 from .runs import Run, get_run
 from .training_data import load_run_data
@@ -108,12 +109,23 @@ def eval_pairs(run: Run, data: str | None = None, tokenizer=None):
     cfg = run.config()
     if data:
         pairs = load_preferences(data, Columns(), tokenizer=tokenizer, max_length=cfg.max_length)
+        _paired_only(pairs, run, str(data))
         return pairs, {"source": str(data), "split": "all usable pairs of the file"}
     _, _, held_out = load_run_data(cfg, tokenizer)
     if not len(held_out):
         raise EvalError(f"Run {run.id} held out no pairs (eval_fraction 0, no eval_data): give a file with --data.")
+    _paired_only(held_out, run, str(cfg.eval_data or cfg.data))
     split = "eval_data file" if cfg.eval_data else f"{cfg.eval_fraction:.0%} of data held out (seed {cfg.seed})"
     return held_out, {"source": str(cfg.eval_data or cfg.data), "split": split}
+
+
+def _paired_only(pairs, run: Run, source: str) -> None:
+    """Preference accuracy compares a chosen with a rejected answer: single thumbs-up/down answers have no pair."""
+    if pairs.unpaired:
+        raise EvalError(
+            f"Run {run.id}'s held-out data ({source}) holds single answers with a thumbs up or down, and held-out "
+            "preference accuracy compares a chosen with a rejected answer to the same prompt. Evaluate it on a file "
+            "of pairs (--data FILE in the CLI, the held-out file in Compare), e.g. the pairs the pool was built from.")
 
 
 def preference_scores(model, tokenizer, pairs: list[dict], adapter: str, beta: float, batch_size: int = 8,
@@ -188,7 +200,7 @@ def evaluate_run(run, data: str | None = None, engine=None, probes: list[str] | 
     adapter = engine.attach_run(run)
     pairs, source = eval_pairs(run, data, engine.tokenizer)
     with engine._lock:
-        scores = preference_scores(engine.model, engine.tokenizer, pairs.pairs, adapter, cfg.beta, batch_size,
+        scores = preference_scores(engine.model, engine.tokenizer, pairs.pairs, adapter, reward_beta(cfg), batch_size,
                                    max_length=cfg.max_length)
     probes = list(probes) if probes is not None else default_probes(run)
     settings = settings or probe_settings()
@@ -206,7 +218,10 @@ def evaluate_run(run, data: str | None = None, engine=None, probes: list[str] | 
         **comparison,
         "chosen_mean_words": chosen_words,
         "chosen_length_ratio": length_ratio(chosen_words, comparison["mean_words"]),
-        "beta": cfg.beta,
+        "objective": cfg.objective,
+        # The scale of the implicit rewards above: the run's beta for DPO and KTO; 1 for ORPO and SimPO, which
+        # optimise no reward against the base (studio.objectives.reward_beta).
+        "beta": reward_beta(cfg),
         "data": source,
         "max_length": cfg.max_length,
         "dtype": str(next(engine.model.parameters()).dtype).removeprefix("torch."),
@@ -235,7 +250,11 @@ def result_row(run: Run, result: dict | None = None) -> dict:
     """
     s = run.summary()
     swept = (run.read_json("sweep.json") or {}).get("values", {})
-    row = {"run": run.id, **swept, "state": s["state"], "step": s["step"],
+    try:
+        objective = run.config().objective
+    except Exception:  # noqa: BLE001 - a run folder without a readable config still gets its row
+        objective = None
+    row = {"run": run.id, "objective": objective, **swept, "state": s["state"], "step": s["step"],
            "seconds": round(s["seconds"], 1) if s["seconds"] is not None else None,
            "loss": s["loss"], "margins": s["margins"]}
     result = result if result is not None else run.read_json("eval.json") or {}

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .models import EMBEDDED_HUB_ID, display_name, is_embedded
+from .objectives import objective as objective_of
 from .runs import Run, get_run
 
 # SmolLM2-135M-Instruct is Apache-2.0: the embedded GGUF's general.license says so (a test reads it).
@@ -83,14 +84,17 @@ def model_card(run: Run | str, what: str = "adapter", gguf_name: str | None = No
         **({"base_model": base} if base else {}),
         "library_name": {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}[what],
         "pipeline_tag": "text-generation",
-        "tags": ["dpo", "trl", "dpo-studio", *({"adapter": ["lora", "peft"], "gguf": ["gguf"]}.get(what, []))],
+        "tags": [str(raw.get("objective") or "dpo"), "trl", "dpo-studio",
+                 *({"adapter": ["lora", "peft"], "gguf": ["gguf"]}.get(what, []))],
         **({"license": license_id} if license_id else {}),
         **({"datasets": _dataset_ids(raw)} if _dataset_ids(raw) else {}),
     }
     model = str(raw.get("model", "embedded"))
+    obj = objective_of(str(raw.get("objective") or "dpo"))
     lines = [f"# {run.id}", "",
-             f"A DPO-tuned {'LoRA adapter for' if what == 'adapter' else 'version of'} "
-             f"{display_name(model) if is_embedded(model) else model}, trained with TRL's DPOTrainer in DPO Studio.", ""]
+             f"A {obj.title}-tuned {'LoRA adapter for' if what == 'adapter' else 'version of'} "
+             f"{display_name(model) if is_embedded(model) else model}, trained with TRL's {obj.trainer}"
+             f"{' (loss_type simpo)' if obj.name == 'simpo' else ''} in DPO Studio.", ""]
     if is_embedded(model):
         effect = (f"applied to the hub's {base} it behaves close to, not exactly as, it did here" if what == "adapter"
                   else f"these weights differ slightly from the hub's {base} plus the same update")
@@ -137,7 +141,7 @@ def model_card(run: Run | str, what: str = "adapter", gguf_name: str | None = No
     if result:
         lines.append(f"- held-out pairs: {result.get('pairs', '?')}")
         for key, label in (("baseline_accuracy", "preference accuracy, SFT baseline"),
-                           ("tuned_accuracy", "preference accuracy, DPO"),
+                           ("tuned_accuracy", f"preference accuracy, {obj.title}"),
                            ("reward_accuracy", "implicit-reward accuracy"),
                            ("mean_margin", "mean reward margin"), ("kl_drift", "KL drift on probes")):
             if isinstance(result.get(key), (int, float)):

@@ -25,8 +25,9 @@ from .winrate import comparison_pool, measure
 
 
 def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None, include_original: bool = False,
-                      labeller: str | None = None) -> RunConfig:
-    """A RunConfig that trains the next round on the pool's labelled pairs.
+                      labeller: str | None = None, feedback: str = "pairs") -> RunConfig:
+    """A RunConfig that trains the next round on the pool's labelled pairs (or, with feedback="thumbs", on the
+    thumbs up / down given to its answers one at a time: KTO's unpaired file, trained with objective kto).
 
     - data: the pool's preference file (written now from the standing decisions, of `labeller` or all);
       with `include_original`, that file plus every pair of `base_cfg.data` in one conversational JSONL.
@@ -37,12 +38,19 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
 
     pool = get_pool(pool)
     info = pool.info()
-    prefs, _ = to_preferences(pool, labeller)
+    if feedback not in ("pairs", "thumbs"):
+        raise ConfigError(f"feedback must be pairs or thumbs, got {feedback!r}")
+    if feedback == "thumbs":
+        from .thumbs import to_kto
+
+        prefs, _ = to_kto(pool, labeller)
+    else:
+        prefs, _ = to_preferences(pool, labeller)
     data = prefs
     if include_original:
         if not base_cfg.data:
             raise ConfigError("include_original needs the original data: the base config has no `data`.")
-        data = _combined(pool, prefs, base_cfg)
+        data = _combined_thumbs(pool, prefs, base_cfg) if feedback == "thumbs" else _combined(pool, prefs, base_cfg)
     parent = None
     if continue_from is not None:
         parent = continue_from if isinstance(continue_from, Run) else get_run(continue_from)
@@ -55,6 +63,8 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
     changes = {"model": info.get("base_model") or base_cfg.model, "data": str(data),
                "prompt_col": None, "chosen_col": None, "rejected_col": None, "system_col": None,
                "prompt_template": "chat"}
+    if feedback == "thumbs":  # single answers: only KTO reads them (its KL estimate needs 2 answers a batch)
+        changes.update(objective="kto", per_device_train_batch_size=max(2, base_cfg.per_device_train_batch_size))
     if not include_original:
         changes["eval_data"] = None  # the original held-out file measures the original task, not this pool
     lineage = {"round": round_, "init_adapter": str(parent.adapter_dir) if parent else None}
@@ -75,6 +85,18 @@ def _combined(pool: Pool, prefs: Path, base_cfg: RunConfig) -> Path:
     path = pool.path / "train-with-original.jsonl"
     # Every row in one form (message lists), so the file's layout is detected once for all of them.
     atomic_write(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in labelled + original))
+    return path
+
+
+def _combined_thumbs(pool: Pool, kto_file: Path, base_cfg: RunConfig) -> Path:
+    """The pool's thumbs and the original pairs (each as one thumbs up and one down) as one KTO file."""
+    from .data import Columns, load_preferences
+
+    columns = Columns(base_cfg.prompt_col, base_cfg.chosen_col, base_cfg.rejected_col, base_cfg.system_col)
+    original = load_preferences(base_cfg.data, columns)
+    rows = load_preferences(kto_file).pairs + original.unpair(base_cfg.seed).pairs
+    path = pool.path / "thumbs-with-original.kto.jsonl"
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 

@@ -274,7 +274,9 @@ class Run:
             "state": status.get("state"),
             "model": raw.get("model"),
             "method": raw.get("method"),
-            "beta": raw.get("beta"),
+            "objective": raw.get("objective", "dpo"),
+            # The beta of the run's own objective (ORPO's and SimPO's are settings of their own).
+            "beta": raw.get({"orpo": "orpo_beta", "simpo": "simpo_beta"}.get(raw.get("objective"), "beta")),
             "learning_rate": raw.get("learning_rate"),
             "step": status.get("step"),
             "loss": last.get("loss"),

@@ -1,4 +1,4 @@
-"""`TrainingJob`: one DPO run on the job slot, streaming every logged metric to its run folder.
+"""`TrainingJob`: one run (DPO, KTO, ORPO or SimPO: `RunConfig.objective`) on the job slot, streaming every logged metric to its run folder.
 
     job = TrainingJob(cfg).start()      # returns at once; training runs in a thread (JobBusy if the slot is taken)
     job.metrics.since(i)                # everything logged since index i, while it trains
@@ -333,7 +333,9 @@ class TrainingJob(Job):
         if self._resume and cfg.init_adapter:
             _load_trained_adapter(trainer.model, self._resume[0])
         # Again with what accelerate set up: its process count shows whether the processes really trained together.
-        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **resumed,
+        # ref_cache: per split, whether the reference log-probs came from studio.refcache or were computed.
+        cached = {"ref_cache": trainer.ref_cache} if getattr(trainer, "ref_cache", None) else {}
+        self.run.write_config(self.config, preset=self.preset, **loaded.backend, **choice, **resumed, **cached,
                               **distributed.describe(trainer))
         self._trainer = trainer
         return trainer
@@ -387,13 +389,28 @@ def _planned(cfg: RunConfig, train_pairs: int) -> int:
                          cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps)
 
 
-def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):
-    """TRL's DPOConfig: every setting RunConfig shares with TRL by name, plus what the studio fixes."""
-    from trl import DPOConfig
+class UnknownTrlField(ConfigError):
+    """A setting marked trl= names a field the objective's TRL config class does not have."""
 
+
+def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):
+    """The objective's TRL config (DPOConfig, KTOConfig, ORPOConfig or CPOConfig): every setting RunConfig shares
+    with it (`trl_kwargs()`, under TRL's names), what the objective fixes, and what the studio fixes for every run.
+
+    A field the class does not have is refused by name rather than left to a TypeError from TRL's dataclass.
+    """
+    from .objectives import objective
+
+    obj = objective(cfg.objective)
+    _, config_class = obj.classes()
     shared = cfg.trl_kwargs()
     shared.update(bf16=bool(cfg.bf16), gradient_checkpointing=bool(cfg.gradient_checkpointing))
-    return DPOConfig(
+    shared.update(obj.fixed)
+    if obj.reference:
+        # The base model's log-probabilities of the training answers, computed once before the first step (and read
+        # from studio.refcache when this model, template, data and length were seen before) instead of every step.
+        shared["precompute_ref_log_probs"] = True
+    fixed = dict(
         output_dir=str(output_dir),
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         fp16=False,
@@ -406,12 +423,25 @@ def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: b
         report_to="none",
         disable_tqdm=disable_tqdm,
         dataloader_num_workers=0,
-        **shared,
     )
+    known = obj.config_fields()
+    missing = sorted(set(shared) - known)
+    if missing:
+        raise UnknownTrlField(f"{config_class.__name__} (objective {cfg.objective}) has no field "
+                              f"{', '.join(missing)}: the setting's trl= metadata names a field TRL does not take.")
+    return config_class(**fixed, **shared)
+
+
+def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):
+    """TRL's DPOConfig for `cfg` (the trainer config of objective dpo)."""
+    return trainer_config(cfg.replace(objective="dpo"), output_dir, has_eval, disable_tqdm)
 
 
 def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_dir: Path, callbacks=()):
-    if loaded.backend["backend"] == "unsloth":
+    from .objectives import objective
+
+    obj = objective(cfg.objective)
+    if loaded.backend["backend"] == "unsloth" and obj.name == "dpo":
         try:
             from unsloth import PatchDPOTrainer
 
@@ -419,18 +449,24 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
         except ImportError:
             pass  # newer Unsloth patches TRL on import
     from transformers.trainer_callback import PrinterCallback
-    from trl import DPOTrainer
 
-    trainer = DPOTrainer(
+    from .refcache import with_ref_cache
+
+    trainer_class, _ = obj.classes()
+    if obj.reference:
+        trainer_class = with_ref_cache(trainer_class, cfg)
+    kwargs = dict(
         model=loaded.model,
-        ref_model=None,  # the frozen base (adapter off) is the reference: no second copy of the weights
-        args=dpo_config(cfg, output_dir, eval_dataset is not None),
+        args=trainer_config(cfg, output_dir, eval_dataset is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=loaded.tokenizer,
         peft_config=loaded.peft_config,
         callbacks=list(callbacks),
     )
+    if obj.reference:
+        kwargs["ref_model"] = None  # the frozen base (adapter off) is the reference: no second copy of the weights
+    trainer = trainer_class(**kwargs)
     # With tqdm off the Trainer prints every log dict to stdout; the metrics log is the one stream we keep.
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import FORMATS, Columns, load_preferences
+from .data import FORMATS, Columns, DataError, load_preferences
 
 def columns_of(cfg) -> Columns:
     """The column mapping a run's settings give (None: detected from the file)."""
@@ -25,11 +25,23 @@ def load_run_data(cfg, tokenizer):
     """
     columns = columns_of(cfg)
     data = load_preferences(cfg.data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+    check_objective(data, cfg, "data")
     if cfg.eval_data:
-        train, held_out = data, load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+        held = load_preferences(cfg.eval_data, columns, tokenizer=tokenizer, max_length=cfg.max_length)
+        check_objective(held, cfg, "eval_data")
+        train, held_out = data, held
     else:
         train, held_out = data.split(cfg.eval_fraction, cfg.seed)
     return data, train, held_out
+
+
+def check_objective(data, cfg, key: str = "data") -> None:
+    """Unpaired (thumbs up/down) data trains only KTO: a paired objective refuses it, naming the one that reads it."""
+    if data.unpaired and cfg.objective != "kto":
+        raise DataError(
+            f"{data.report.source} ({key}) holds single answers with a thumbs up or down (layout "
+            f"{data.report.layout}), which only objective kto reads; objective {cfg.objective} needs pairs "
+            "(prompt/chosen/rejected). Set objective to kto, or give a file of pairs.")
 
 
 def eval_source(cfg) -> str:
@@ -41,13 +53,20 @@ def check_sources(cfg) -> None:
     """Read the run's local data files now, without a tokenizer (fast), so a missing file, an unknown layout or
     a file with no usable pair is refused before a run starts. Hub ids are left to the run itself."""
     columns = columns_of(cfg)
-    for source in (cfg.data, cfg.eval_data):
+    for key in ("data", "eval_data"):
+        source = getattr(cfg, key)
         if source and (Path(source).exists() or Path(source).suffix.lower() in FORMATS):
-            load_preferences(source, columns)
+            check_objective(load_preferences(source, columns), cfg, key)
 
 
 def to_trl(pairs, cfg):
-    """The normalised pairs as a datasets.Dataset in the form the prompt template asks for."""
+    """The normalised pairs as a datasets.Dataset in the form the prompt template and the objective ask for.
+
+    KTO reads single answers: a pair becomes its chosen answer with a thumbs up and its rejected answer with a
+    thumbs down (PreferenceSet.unpair), so paired files train KTO too.
+    """
+    if cfg.objective == "kto":
+        pairs = pairs.unpair(cfg.seed)
     if cfg.prompt_template == "chat":
         return pairs.to_dataset()
     from datasets import Dataset
@@ -56,6 +75,10 @@ def to_trl(pairs, cfg):
     rows = []
     for p in pairs.pairs:
         users = [m["content"] for m in p["prompt"] if m["role"] == "user"]
-        rows.append({"prompt": ALPACA_TEMPLATE.format(users[-1]), "chosen": p["chosen"][-1]["content"],
-                     "rejected": p["rejected"][-1]["content"]})
+        prompt = ALPACA_TEMPLATE.format(users[-1])
+        if pairs.unpaired:
+            rows.append({"prompt": prompt, "completion": p["completion"][-1]["content"], "label": p["label"]})
+        else:
+            rows.append({"prompt": prompt, "chosen": p["chosen"][-1]["content"],
+                         "rejected": p["rejected"][-1]["content"]})
     return Dataset.from_list(rows)

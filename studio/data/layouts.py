@@ -63,12 +63,20 @@ class Plan:
     prompt: str | None
     system: str | None
     input: str | None
-    answers: str  # "text" | "messages" | "transcript"
+    answers: str  # "text" | "messages" | "transcript" | "unpaired" (KTO: chosen holds the completion column)
     layout: str
     fmt: str
     notes: list[str] = field(default_factory=list)
+    label: str | None = None  # the thumbs up/down column of an unpaired file
+
+    @property
+    def unpaired(self) -> bool:
+        return self.answers == "unpaired"
 
     def used(self) -> dict[str, str]:
+        if self.unpaired:
+            parts = {"prompt": self.prompt, "completion": self.chosen, "label": self.label, "system": self.system}
+            return {part: column for part, column in parts.items() if column}
         parts = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, "system": self.system,
                  "input": self.input}
         return {part: column for part, column in parts.items() if column}
@@ -81,6 +89,11 @@ def make_plan(records, found: list[str], mapping: Columns, fmt: str, name: str) 
     rejected = mapping.rejected or _find(found, REJECTED_NAMES)
     prompt = mapping.prompt or _find(found, PROMPT_NAMES)
     system = mapping.system or _find(found, SYSTEM_NAMES)
+    if not (mapping.chosen or mapping.rejected) and not (chosen and rejected):
+        from .unpaired import is_unpaired, make_unpaired_plan
+
+        if is_unpaired(found):  # KTO: one answer a row with a thumbs up or down
+            return make_unpaired_plan(records, found, fmt, prompt, system)
     if not chosen or not rejected:
         raise _unknown_layout(name, found)
 
@@ -189,7 +202,8 @@ def _unknown_layout(name: str, found: list[str]) -> DataError:
         return UnknownLayout(f"{message}, e.g. {guess}", found)
     return UnknownLayout(
         f"{message}. Recognised without a mapping: prompt/chosen/rejected, instruction[/input]/chosen/rejected, "
-        "question/chosen/rejected, chosen/rejected conversations, or chosen/rejected Human:/Assistant: transcripts.",
+        "question/chosen/rejected, chosen/rejected conversations, chosen/rejected Human:/Assistant: transcripts, "
+        "or unpaired prompt/completion/label rows (a thumbs up or down, for objective kto).",
         found)
 
 

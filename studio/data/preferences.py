@@ -40,6 +40,9 @@ class DataReport:
     tokens: dict | None = None
     used: dict[str, str] = field(default_factory=dict)  # part (prompt, chosen, ...) -> the column read for it
     notes: list[str] = field(default_factory=list)  # choices the reader made that the user should know about
+    # Unpaired (KTO) data: one answer a row with a thumbs up or down; `labels` counts them {"up": n, "down": m}.
+    unpaired: bool = False
+    labels: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +55,24 @@ class PreferenceSet:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def unpaired(self) -> bool:
+        """True for KTO's single answers with a thumbs up or down (each item is {prompt, completion, label})."""
+        return self.report.unpaired
+
+    def unpair(self, seed: int) -> PreferenceSet:
+        """Paired data as KTO reads it: each pair becomes its chosen answer with a thumbs up and its rejected answer
+        with a thumbs down, in a seeded order (TRL's KTO samples in order, and estimates its KL term from the other
+        answers of a batch: those had best come from other prompts)."""
+        if self.unpaired:
+            return self
+        examples = [{"prompt": p["prompt"], "completion": p[part], "label": part == "chosen"}
+                    for p in self.pairs for part in ("chosen", "rejected")]
+        random.Random(seed).shuffle(examples)
+        report = replace(self.report, pairs=len(examples), unpaired=True,
+                         labels={"up": len(self.pairs), "down": len(self.pairs)})
+        return PreferenceSet(examples, report)
 
     def split(self, eval_fraction: float, seed: int) -> tuple[PreferenceSet, PreferenceSet]:
         """Seeded shuffle into (train, eval); each part keeps the source's order."""
@@ -67,17 +88,30 @@ class PreferenceSet:
 
     def _subset(self, indices: list[int]) -> PreferenceSet:
         # The report still describes the source; only the pair count follows the subset.
-        return PreferenceSet([self.pairs[i] for i in indices], replace(self.report, pairs=len(indices)))
+        items = [self.pairs[i] for i in indices]
+        return PreferenceSet(items, replace(self.report, pairs=len(indices), labels=_labels(items, self.unpaired)))
 
     def to_dataset(self):
-        """A datasets.Dataset with conversational prompt/chosen/rejected columns."""
+        """A datasets.Dataset with conversational prompt/chosen/rejected columns (prompt/completion/label when
+        unpaired)."""
         from datasets import Dataset, Features, List, Value
 
         message = {"role": Value("string"), "content": Value("string")}
+        if self.unpaired:
+            features = Features({"prompt": List(message), "completion": List(message), "label": Value("bool")})
+            columns = {key: [item[key] for item in self.pairs] for key in ("prompt", "completion", "label")}
+            return Dataset.from_dict(columns, features=features)
         # Explicit features so an empty set (e.g. a 0% eval split) still has typed columns.
         features = Features({key: List(message) for key in ("prompt", "chosen", "rejected")})
         columns = {key: [pair[key] for pair in self.pairs] for key in ("prompt", "chosen", "rejected")}
         return Dataset.from_dict(columns, features=features)
+
+
+def _labels(items: list[dict], unpaired: bool) -> dict | None:
+    if not unpaired:
+        return None
+    up = sum(1 for item in items if item["label"])
+    return {"up": up, "down": len(items) - up}
 
 
 def _eval_size(n: int, fraction: float) -> int:
@@ -127,7 +161,8 @@ def load_preferences(
     report = DataReport(
         source=str(source), format=fmt, layout=plan.layout, columns=found,
         rows=rows, pairs=len(kept), dropped=dropped, tokens=tokens,
-        used=plan.used(), notes=read.notes + plan.notes,
+        used=plan.used(), notes=read.notes + plan.notes, unpaired=plan.unpaired,
+        labels=_labels([item for _, item in kept], plan.unpaired),
     )
     return PreferenceSet([pair for _, pair in kept], report)
 
@@ -136,8 +171,9 @@ def _raise_nothing_usable(name: str, rows: int, dropped: list[dict], plan: "Plan
     if rows == 0:
         raise DataError(f"No rows found in {name}: the file holds no records.")
     reasons = "; ".join(f"row {d['row']}: {d['reason']}" for d in sorted(dropped, key=lambda d: d["row"])[:5])
+    what = "thumbs-up/down examples" if plan is not None and plan.unpaired else "preference pairs"
     raise NoUsablePairs(
-        f"No usable preference pairs in {name}: {rows} rows read, all dropped. First reasons: {reasons}",
+        f"No usable {what} in {name}: {rows} rows read, all dropped. First reasons: {reasons}",
         rows, sorted(dropped, key=lambda d: d["row"]), plan.layout if plan else None, plan.used() if plan else None)
 
 

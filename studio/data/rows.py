@@ -17,6 +17,8 @@ _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
 def normalise(record: dict, plan: Plan) -> dict:
+    if plan.unpaired:
+        return _unpaired_row(record, plan)
     if plan.answers == "text":
         prompt, chosen, rejected = _text_row(record, plan)
     elif plan.answers == "messages":
@@ -28,6 +30,27 @@ def normalise(record: dict, plan: Plan) -> dict:
     if chosen.strip() == rejected.strip():
         raise RowFault("chosen is identical to rejected")
     return {"prompt": prompt, "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)]}
+
+
+def _unpaired_row(record: dict, plan: Plan) -> dict:
+    """KTO's layout: {"prompt", "completion": [one assistant message], "label": bool}."""
+    from .unpaired import thumbs
+
+    label = thumbs(record.get(plan.label))
+    value = _value(record, plan.chosen, "completion")
+    listed = as_messages(value, plan.fmt)
+    if listed is not None:
+        context, text = _split_answer(_messages(listed, "completion"), "completion")
+        if context:  # the conversation before the answer is (the rest of) the prompt
+            head = as_messages(record.get(plan.prompt), plan.fmt) if plan.prompt else None
+            prompt = _messages(head, "prompt") + context if head else context
+        else:
+            prompt = _prompt_messages(record, plan)
+    else:
+        prompt, text = _prompt_messages(record, plan), _text(value, "completion")
+    prompt = _with_system(prompt, record, plan.system)
+    _check_prompt(prompt)
+    return {"prompt": prompt, "completion": [_assistant(text)], "label": label}
 
 
 def _text_row(record: dict, plan: Plan) -> tuple[list[dict], str, str]:

@@ -42,6 +42,10 @@ def prompt_tokens(tokenizer, messages: list[dict]) -> int:
 def token_stats(pairs: list[dict], prompt: list[int], tokenizer) -> dict | None:
     if not pairs:
         return None
+    if "completion" in pairs[0]:  # unpaired (KTO): one answer a row
+        completion = answer_tokens(tokenizer, [item["completion"][0]["content"] for item in pairs])
+        return {"prompt": _stats(prompt), "completion": _stats(completion),
+                "pair": _stats([p + c for p, c in zip(prompt, completion)])}
     chosen = answer_tokens(tokenizer, [pair["chosen"][0]["content"] for pair in pairs])
     rejected = answer_tokens(tokenizer, [pair["rejected"][0]["content"] for pair in pairs])
     longest = [p + max(c, r) for p, c, r in zip(prompt, chosen, rejected)]
@@ -64,6 +68,9 @@ def _stats(values: list[int]) -> dict:
 def token_lengths(pairs: list[dict], tokenizer) -> dict[str, list[int]]:
     """Per-pair token counts (prompt as the chat template renders it, chosen, rejected), in pair order."""
     prompt = [prompt_tokens(tokenizer, pair["prompt"]) for pair in pairs]
+    if pairs and "completion" in pairs[0]:  # unpaired (KTO)
+        completion = answer_tokens(tokenizer, [item["completion"][0]["content"] for item in pairs])
+        return {"prompt": prompt, "completion": completion, "pair": [p + c for p, c in zip(prompt, completion)]}
     chosen = answer_tokens(tokenizer, [pair["chosen"][0]["content"] for pair in pairs]) if pairs else []
     rejected = answer_tokens(tokenizer, [pair["rejected"][0]["content"] for pair in pairs]) if pairs else []
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected,

@@ -85,15 +85,33 @@ def _train_eval(rows: list[dict], title: str, ytitle: str, key: str) -> go.Figur
     return fig
 
 
-def loss_figure(rows: list[dict]) -> go.Figure:
-    return _train_eval(rows, "DPO loss", "loss", "loss")
+# Per objective: (name in titles, what its loss is made of). KTO, ORPO and SimPO log their own measures too
+# (KTO: kl; ORPO: nll_loss, log_odds_ratio; SimPO's rewards are beta x mean log-prob per token).
+OBJECTIVE_NAMES = {"dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO"}
 
 
-def margins_figure(rows: list[dict]) -> go.Figure:
-    return _train_eval(rows, "Reward margin (chosen − rejected)", "margin", "rewards/margins")
+def _name(objective: str) -> str:
+    return OBJECTIVE_NAMES.get(objective, objective.upper())
 
 
-def accuracy_figure(rows: list[dict]) -> go.Figure:
+def loss_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
+    if objective == "orpo":  # ORPO's loss is the chosen answer's NLL plus beta x the odds-ratio term: both shown
+        fig = _train_eval(rows, "ORPO loss (NLL on the chosen answer + odds-ratio term)", "loss", "loss")
+        train, _ = split_rows(rows)
+        _line(fig, train, "nll_loss", "NLL on the chosen answer", SMOOTH, dash="dot")
+        return fig
+    return _train_eval(rows, f"{_name(objective)} loss", "loss", "loss")
+
+
+def margins_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
+    title = {"simpo": "SimPO reward margin (chosen − rejected, length-normalised)",
+             "orpo": "ORPO reward margin (chosen − rejected, beta × mean log-prob)",
+             "kto": "KTO reward margin (thumbs-up − thumbs-down answers)"}.get(
+        objective, "Reward margin (chosen − rejected)")
+    return _train_eval(rows, title, "margin", "rewards/margins")
+
+
+def accuracy_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
     train, evals = split_rows(rows)
     fig = _figure("Reward accuracy", "accuracy", None if train else WAITING)
     points = [(r["step"], r["rewards/accuracies"]) for r in train if r.get("rewards/accuracies") is not None]
@@ -102,6 +120,10 @@ def accuracy_figure(rows: list[dict]) -> go.Figure:
         fig.add_scatter(x=x, y=y, name="per step", mode="markers", marker=dict(size=6, color=TRAIN, opacity=0.45))
         fig.add_scatter(x=x, y=rolling_mean(y), name=f"{SMOOTH_WINDOW}-step mean", mode="lines",
                         line=dict(color=SMOOTH, width=3))
+    elif train:
+        fig.add_annotation(text=f"{_name(objective)} logs no pairwise accuracy (it scores single answers); "
+                           "see the held-out accuracy in Compare", showarrow=False, xref="paper", yref="paper",
+                           x=0.5, y=0.5, font=dict(color="#64748b"))
     _line(fig, evals, "eval_rewards/accuracies", "eval", EVAL, marker_symbol="diamond")
     fig.update_yaxes(range=[-0.05, 1.05])
     return fig
@@ -118,12 +140,32 @@ def _chosen_rejected(rows: list[dict], title: str, ytitle: str, key: str) -> go.
     return fig
 
 
-def rewards_figure(rows: list[dict]) -> go.Figure:
-    return _chosen_rejected(rows, "Implicit rewards: chosen vs rejected", "reward", "rewards")
+def rewards_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
+    title = {"kto": "KTO implicit rewards: thumbs-up vs thumbs-down answers",
+             "orpo": "ORPO rewards (beta × mean log-prob): chosen vs rejected",
+             "simpo": "SimPO rewards (beta × mean log-prob): chosen vs rejected"}.get(
+        objective, "Implicit rewards: chosen vs rejected")
+    return _chosen_rejected(rows, title, "reward", "rewards")
 
 
-def logps_figure(rows: list[dict]) -> go.Figure:
+def logps_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
+    if objective in ("orpo", "simpo"):  # these two log the mean per answer token
+        return _chosen_rejected(rows, "Mean log-probability per token: chosen vs rejected", "log p", "logps")
     return _chosen_rejected(rows, "Log-probabilities: chosen vs rejected", "log p", "logps")
+
+
+# The objective's own measure, one chart: (metric key, title in words, y axis).
+OWN_MEASURE = {
+    "dpo": ("entropy", "Entropy of the answer tokens (lower: more certain)", "nats"),
+    "kto": ("kl", "KL estimate: tuned vs base model, on mismatched answers", "KL"),
+    "orpo": ("log_odds_ratio", "Log odds ratio: chosen vs rejected answer", "log odds ratio"),
+    "simpo": ("rewards/margins", "SimPO reward margin (the loss wants it above gamma)", "margin"),
+}
+
+
+def objective_figure(rows: list[dict], objective: str = "dpo") -> go.Figure:
+    key, title, ytitle = OWN_MEASURE.get(objective, OWN_MEASURE["dpo"])
+    return _train_eval(rows, title, ytitle, key)
 
 
 TRAINING_CHARTS = {
@@ -132,19 +174,21 @@ TRAINING_CHARTS = {
     "accuracy": accuracy_figure,
     "rewards": rewards_figure,
     "logps": logps_figure,
+    "objective": objective_figure,
 }
 
 
-def training_figures(rows: list[dict]) -> dict[str, go.Figure]:
-    return {name: make(rows) for name, make in TRAINING_CHARTS.items()}
+def training_figures(rows: list[dict], objective: str = "dpo") -> dict[str, go.Figure]:
+    """Every training chart for a run of `objective`, titled in its words."""
+    return {name: make(rows, objective) for name, make in TRAINING_CHARTS.items()}
 
 
 def token_histogram(lengths: dict[str, list[int]], max_length: int | None = None) -> go.Figure:
     """Overlaid histograms of prompt / chosen / rejected token counts, with max_length marked on the pair lengths."""
     fig = _figure("Token lengths per pair", "pairs", None if lengths.get("prompt") else "no token counts", height=300)
     fig.update_xaxes(title="tokens", rangemode="tozero")
-    colors = {"prompt": TRAIN, "chosen": CHOSEN, "rejected": REJECTED, "pair": "#64748b"}
-    for part in ("prompt", "chosen", "rejected", "pair"):
+    colors = {"prompt": TRAIN, "chosen": CHOSEN, "rejected": REJECTED, "completion": CHOSEN, "pair": "#64748b"}
+    for part in ("prompt", "chosen", "rejected", "completion", "pair"):
         values = lengths.get(part) or []
         if values:
             fig.add_histogram(x=values, name="prompt + longer answer" if part == "pair" else part, opacity=0.55,

@@ -62,12 +62,17 @@ def summary_markdown(report: dict, checked_with: str, note: str = "", title: str
         f"### {escape(title or Path(report['source']).name or report['source'])}",
         f"**Format:** {report['format']} · **Layout:** {report['layout']}" + (f" · **Columns:** {used}" if used else ""),
         "| rows read | usable pairs | dropped |\n| ---: | ---: | ---: |\n"
-        f"| {report['rows']} | {report['pairs']} | {len(dropped)} |",
+        f"| {report['rows']} | {report['pairs']} | {len(dropped)} |"
+        if not report.get("unpaired") else
+        "| rows read | usable answers (👍 / 👎) | dropped |\n| ---: | ---: | ---: |\n"
+        f"| {report['rows']} | {report['pairs']} ({(report.get('labels') or {}).get('up', 0)} / "
+        f"{(report.get('labels') or {}).get('down', 0)}; objective kto) | {len(dropped)} |",
     ]
     tokens = report.get("tokens")
     if tokens:
         table = ["| tokens | min | mean | p95 | max |", "| --- | ---: | ---: | ---: | ---: |"]
-        labels = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "pair": "prompt + longer answer"}
+        labels = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "completion": "answer",
+                  "pair": "prompt + answer" if report.get("unpaired") else "prompt + longer answer"}
         for part, s in tokens.items():
             table.append(f"| {labels.get(part, part)} | {s['min']} | {s['mean']} | {s['p95']} | {s['max']} |")
         lines.append("\n".join(table))
@@ -91,6 +96,14 @@ def preview_html(pairs: list[dict], limit: int = PREVIEW_PAIRS) -> str:
         else:  # a system message or earlier turns: show who says what
             prompt = "\n".join(f"<span class='ds-role'>{escape(m['role'])}:</span> {escape(m['content'])}"
                                for m in pair["prompt"])
+        if "completion" in pair:  # KTO's single answer with a thumbs up or down
+            kind, label = ("ds-chosen", "👍 thumbs up") if pair["label"] else ("ds-rejected", "👎 thumbs down")
+            cards.append(
+                '<div class="ds-pair">'
+                f'<div class="ds-cell ds-prompt"><h4>prompt · answer {number}</h4>{prompt}</div>'
+                f'<div class="ds-cell {kind}"><h4>{label}</h4>{escape(pair["completion"][-1]["content"])}</div>'
+                "</div>")
+            continue
         cards.append(
             '<div class="ds-pair">'
             f'<div class="ds-cell ds-prompt"><h4>prompt · pair {number}</h4>{prompt}</div>'

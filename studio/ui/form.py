@@ -20,7 +20,7 @@ from studio.generation import DEFAULTS, GenerationSettings, defaults
 
 AUTO = "auto"  # the widget value of an optional choice left to the engine (None in RunConfig)
 PER_ROW = 3
-OPEN_GROUPS = ("Model", "Data", "LoRA", "DPO", "Optimisation")
+OPEN_GROUPS = ("Model", "Data", "LoRA", "Objective", "Optimisation")
 
 
 def _optional(cls, name: str) -> bool:
@@ -98,8 +98,10 @@ def generation_from_widgets(use: str, **values) -> GenerationSettings:
 
 
 def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] | None = None,
-           elem_id: str | None = None, slider: tuple | None = None, **extra) -> gr.components.Component:
-    """The widget for one field, from its metadata (`slider`: a range a page offers; `extra`: layout keywords)."""
+           elem_id: str | None = None, slider: tuple | None = None, cfg_of_form=None,
+           **extra) -> gr.components.Component:
+    """The widget for one field, from its metadata (`slider`: a range a page offers; `cfg_of_form`: the whole config,
+    for what depends on other fields, e.g. an objective's own settings shown only for it; `extra`: layout keywords)."""
     m, name = f.metadata, f.name
     kind, choices = _kind(cls, name), choices_of(f)
     info = m.get("help") or ""
@@ -107,6 +109,8 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         info += f" ({bounds_text(m)})"
     common = {"label": m.get("label") or name, "info": info, "elem_id": elem_id or name.replace("_", "-"),
               "value": widget_value(name, value, cls), **extra}
+    if m.get("objectives"):  # an objective's own setting: shown only while that objective is picked
+        common["visible"] = getattr(cfg_of_form, "objective", None) in m["objectives"] if cfg_of_form else True
     if slider is not None:
         low, high, step = slider
         return gr.Slider(low, high, step=step, **common)
@@ -154,7 +158,27 @@ def build_settings(cfg: RunConfig, model_choices: list[str] | None = None) -> di
             if more:
                 with gr.Accordion(f"More {group.lower()} settings", open=False):
                     _rows(more, cfg, out, model_choices)
+    _follow_objective(out, cls)
     return out
+
+
+def objective_visibility(objective: str, cls=RunConfig) -> dict[str, bool]:
+    """Field name -> shown, for the fields that belong to some objectives only."""
+    return {f.name: objective in f.metadata["objectives"] for f in dataclasses.fields(cls) if f.metadata.get("objectives")}
+
+
+def _follow_objective(out: dict, cls) -> None:
+    """Picking an objective shows its own settings and hides the others' (their values stay, unused)."""
+    owned = [name for name in objective_visibility("dpo", cls) if name in out]
+    if "objective" not in out or not owned:
+        return
+
+    def show(objective):
+        visible = objective_visibility(objective, cls)
+        return [gr.update(visible=visible[name]) for name in owned]
+
+    out["objective"].change(show, inputs=out["objective"], outputs=[out[n] for n in owned], show_progress="hidden",
+                            api_visibility="private", queue=False)
 
 
 def _rows(fields, cfg, out, model_choices) -> None:
@@ -162,4 +186,4 @@ def _rows(fields, cfg, out, model_choices) -> None:
     for i in range(0, len(fields), PER_ROW):
         with gr.Row():
             for f in fields[i:i + PER_ROW]:
-                out[f.name] = widget(f, getattr(cfg, f.name), cls, model_choices)
+                out[f.name] = widget(f, getattr(cfg, f.name), cls, model_choices, cfg_of_form=cfg)

@@ -23,6 +23,7 @@ from studio.pools import get_pool, human, list_pools, to_preferences
 
 from .common import Services, user_errors
 from .loop import GenerateBox, JudgeBox, NextRoundBox
+from .thumbs_box import ThumbsBox
 
 RUBRIC_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "presets" / "data" / "self-improve.rubric.yaml"
 ALL = "(everyone)"
@@ -106,6 +107,9 @@ class LabelTab:
             gr.HTML("Keys: <b>1</b> A is better · <b>2</b> B is better · <b>3</b> tie · <b>0</b> both bad · "
                     "<b>s</b> skip · <b>z</b> undo", js_on_load=KEYS_JS,
                     elem_classes="ds-muted", elem_id="label-keys")
+            with gr.Accordion("Or: thumbs up / down, one answer at a time (trains KTO)", open=False,
+                              elem_id="thumbs-box"):
+                self.thumbs = ThumbsBox()
             with gr.Accordion("Label the whole pool with a rubric", open=False):
                 gr.Markdown("Rules applied in order: the first rule that tells the two answers apart decides, and "
                             "each decision shows the rule and the numbers it saw. Rule types: `shorter`, `longer`, "
@@ -157,6 +161,7 @@ class LabelTab:
                               api_name="label_export")
         self.generate.wire(self.tab)
         self.judge.wire(self.tab, self.pool)
+        self.thumbs.wire(self.tab, self.pool, self.name)
         # A pool just generated is shown at once; a judged pool shows its decisions.
         self.generate.finished.change(self.after_generate, inputs=[self.name, self.remember],
                                       outputs=[self.pool, self.name, *self.view_outputs], api_visibility="private",

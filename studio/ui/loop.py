@@ -273,6 +273,9 @@ class NextRoundBox(JobBox):
                                                 info="the pool's pairs plus the original preference file",
                                                 elem_id="round-include-original")
             self.start_from = gr.Radio(START_FROM, value="base", label="Start from", elem_id="round-start-from")
+            # Thumbs (one answer at a time) train KTO; the A/B pairs train the Train tab's objective.
+            self.feedback = gr.Radio([("A/B pairs", "pairs"), ("thumbs up / down (KTO)", "thumbs")], value="pairs",
+                                     label="Learn from", elem_id="round-feedback")
             runs = [r.id for r in answering_runs()]
             self.parent = gr.Dropdown(runs, value=None, label="Continue this run's adapter", visible=False,
                                       allow_custom_value=True, elem_id="round-parent")
@@ -290,6 +293,7 @@ class NextRoundBox(JobBox):
                     show_progress="hidden")
         self.start_btn.click(
             self.start, inputs_kwargs={"pool_id": pool, "labeller": labeller, "include_original": self.include_original,
+                                       "feedback": self.feedback,
                                        "start_from": self.start_from, "parent": self.parent, "preset": train.preset,
                                        **train.fields},
             outputs=self.job_outputs, api_name="train_next_round", concurrency_limit=None)
@@ -310,7 +314,7 @@ class NextRoundBox(JobBox):
 
     @user_errors("Cannot start the round", JobBox.refused)
     def start(self, pool_id=None, labeller=None, include_original=False, start_from="base", parent=None, preset=None,
-              request: gr.Request = None, **fields):
+              feedback="pairs", request: gr.Request = None, **fields):
         require_user(request, "start training")
         if not pool_id:
             raise DataError("Pick a labelled pool first.")
@@ -320,9 +324,10 @@ class NextRoundBox(JobBox):
                                 eval_data=check_data_source(base.eval_data) if base.eval_data else None)
         if start_from == "continue" and not parent:
             raise ConfigError("Pick the run whose adapter this round continues, or start from the base model.")
-        labeller = None if labeller in (None, "", "(everyone)") else labeller
+        labeller = None if labeller in (None, "", "(everyone)") or feedback == "thumbs" else labeller
         cfg = next_round_config(pool_id, base, continue_from=parent if start_from == "continue" else None,
-                                include_original=bool(include_original), labeller=labeller)
+                                include_original=bool(include_original), labeller=labeller,
+                                feedback=feedback or "pairs")
         check_sources(cfg)
         return self.launch(TrainingJob(cfg, preset=preset if preset in preset_names() else None,
                                        label=f"round{cfg.round}"))

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.access import require_user
-from studio import jobs
+from studio import jobs, refcache
 from studio.export import export_run, list_exports, zip_adapter
 from studio.hub import push_to_hub
 from studio.files import check_data_source
@@ -22,11 +22,12 @@ from .common import duration, number, overlay, user_errors, when
 from .loop import lineage_markdown
 
 COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
-    "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
+    "run": "run", "preset": "preset", "state": "state", "model": "model", "objective": "objective", "beta": "beta",
+    "learning_rate": "lr",
     "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy", "eval_margins": "eval margin",
     "started": "started", "seconds": "time",
 }
-WIDTHS = ["275px", "135px", "85px", "150px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
+WIDTHS = ["275px", "135px", "85px", "150px", "80px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
 
 
 def runs_frame() -> pd.DataFrame:
@@ -40,6 +41,16 @@ def runs_frame() -> pd.DataFrame:
             s[key] = number(s.get(key))
         rows.append([s.get(key) for key in COLUMNS])
     return pd.DataFrame(rows, columns=list(COLUMNS.values()))
+
+
+def refcache_markdown() -> str:
+    """What the reference log-prob cache holds, in words."""
+    used = refcache.usage()
+    if not used["entries"]:
+        return "The reference log-prob cache is empty: the next DPO or KTO run computes the base model's scores."
+    return (f"The reference log-prob cache holds **{used['entries']}** entr{'y' if used['entries'] == 1 else 'ies'} "
+            f"({used['bytes'] / 1024:.1f} KiB): DPO and KTO runs on the same model, template, data and max length "
+            "reuse them instead of running the base model over the data again.")
 
 
 def resume_state(run_id: str | None) -> tuple[gr.Button, str]:
@@ -117,6 +128,14 @@ class RunsTab:
                     self.push_btn = gr.Button("Push to the Hub", elem_id="runs-push", scale=1)
                 self.exports = gr.Dataframe(exports_frame(ids[0] if ids else None), interactive=False,
                                             label="Exports of this run", elem_id="runs-exports")
+            with gr.Accordion("Reference log-prob cache", open=False, elem_id="runs-refcache-box"):
+                gr.Markdown("DPO and KTO score every training answer with the frozen base model once, before the "
+                            "first step, and keep the scores under STUDIO_HOME/refcache, keyed by the model's files, "
+                            "the chat template, the data and the max length: a sweep, a resume or a later run on "
+                            "the same data reuses them; any change computes anew.", elem_classes="ds-caption")
+                with gr.Row(equal_height=True):
+                    self.refcache_note = gr.Markdown(refcache_markdown(), elem_id="runs-refcache-note")
+                    self.refcache_btn = gr.Button("Clear the cache", scale=0, min_width=160, elem_id="runs-refcache-clear")
             gr.Markdown("#### Compare runs")
             self.compare = gr.Dropdown(ids, value=ids[:1], multiselect=True, label="Runs to overlay",
                                        elem_id="runs-compare")
@@ -158,6 +177,18 @@ class RunsTab:
                             api_name="push_run", concurrency_limit=1, concurrency_id="export")
         self.confirm_btn.click(self.delete, inputs=[self.selected, self.compare],
                                outputs=[self.confirm_box, *self.refresh_outputs], api_name="delete_run")
+
+        self.refcache_btn.click(self.clear_refcache, outputs=self.refcache_note, api_name="clear_refcache")
+        self.tab.select(refcache_markdown, outputs=self.refcache_note, api_visibility="private",
+                        show_progress="hidden", queue=False)
+
+    @user_errors("Cannot clear the cache")
+    def clear_refcache(self, request: gr.Request = None) -> str:
+        require_user(request, "clear the reference cache")
+        removed = refcache.clear()
+        gr.Info(f"Cleared the reference log-prob cache ({removed['entries']} entries, "
+                f"{removed['bytes'] / 1024:.1f} KiB).")
+        return refcache_markdown()
 
     def connect(self, train) -> None:
         train.runs_changed.change(self.refresh, inputs=[self.selected, self.compare], outputs=self.refresh_outputs,

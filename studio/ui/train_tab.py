@@ -34,7 +34,7 @@ IDLE_SECONDS = 5.0  # with nothing running a page only looks for a run started e
 QUIET_SECONDS = 15.0  # ... and slower still once a few looks found nothing new
 QUIET_AFTER = 3  # idle ticks without a change before the page slows to QUIET_SECONDS
 CHART_IDS = {"loss": "loss-chart", "margins": "margins-chart", "accuracy": "accuracy-chart",
-             "rewards": "rewards-chart", "logps": "logps-chart"}
+             "rewards": "rewards-chart", "logps": "logps-chart", "objective": "objective-chart"}
 
 
 def qlora_problem() -> str | None:
@@ -75,6 +75,16 @@ def is_preset_data(path: str) -> bool:
         return (PRESETS_DIR / "data").resolve() in Path(path).resolve().parents
     except (OSError, ValueError):
         return False
+
+
+def _objective_of(run_id: str, job: TrainingJob | None) -> str:
+    """The objective a run trains (its charts are titled for it); dpo when its config cannot be read."""
+    if job is not None:
+        return job.config.objective
+    try:
+        return Run(runs_root() / run_id).config().objective
+    except (ConfigError, OSError, ValueError, AttributeError):
+        return "dpo"
 
 
 def _newest_run_id() -> str | None:
@@ -124,6 +134,7 @@ class TrainTab:
                         self._chart("rewards", empty)
                     with gr.Row():
                         self._chart("logps", empty)
+                        self._chart("objective", empty)
             self._several_gpus(preset.name, cfg)
             # Per browser session: which run the page shows and what it last drew (so idle ticks send nothing).
             self.view = gr.State({})
@@ -268,7 +279,7 @@ class TrainTab:
         job = TrainingJob(cfg, preset=preset or None).start()
         progress = job.progress()
         return {self.status: status_html(progress), self.view: {"run": job.run.id, "rows": 0, "state": progress["state"]},
-                **{self.charts[k]: fig for k, fig in charts.training_figures([]).items()},
+                **{self.charts[k]: fig for k, fig in charts.training_figures([], cfg.objective).items()},
                 self.runs_changed: f"{job.run.id}:started", self.start: gr.Button(interactive=False),
                 self.stop: gr.Button(interactive=True), self.timer: gr.Timer(POLL_SECONDS)}
 
@@ -314,7 +325,8 @@ class TrainTab:
             seen = Run(runs_root() / run_id).metrics_size()  # a run of another process grows this file
         if run_id != view.get("run") or seen != view.get("rows"):
             rows = live_job.metrics.since(0) if live_job is not None else Run(runs_root() / run_id).metrics()
-            out.update({self.charts[k]: fig for k, fig in charts.training_figures(rows).items()})
+            objective = _objective_of(run_id, live_job)
+            out.update({self.charts[k]: fig for k, fig in charts.training_figures(rows, objective).items()})
 
         progress = progress_of(run_id, job)
         state, live = progress["state"], progress["state"] in LIVE_STATES
