@@ -313,14 +313,15 @@ class TrainingJob(Job):
         return cfg, choice
 
     def _build_trainer(self):
-        from .training_data import eval_source, load_run_data, to_trl
+        from .training_data import data_findings, eval_source, load_run_data, to_trl
         from .models import load_for_training, load_tokenizer, resolve_model
 
         cfg = self.config
         tokenizer = load_tokenizer(resolve_model(cfg.model))
         data, train, held_out = load_run_data(cfg, tokenizer)
         self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train),
-                                          "eval_pairs": len(held_out), "eval_source": eval_source(cfg)})
+                                          "eval_pairs": len(held_out), "eval_source": eval_source(cfg),
+                                          "findings": data_findings(cfg, data, train, held_out, tokenizer)})
         self._set("loading", "loading the model")
         # Decided once, by the main process: every process must fit the same batch and take the same steps.
         cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, len(train)))
