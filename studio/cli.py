@@ -465,10 +465,17 @@ def cmd_eval(args) -> int:
         return 0
     print(f"run: {result['run']}")
     print(f"data: {result['data']['source']} ({result['data']['split']})")
-    print(f"pairs: {result['pairs']}")
-    print(f"baseline_accuracy: {result['baseline_accuracy']:.3f}   (chosen answer more likely per token, SFT model)")
-    print(f"tuned_accuracy:    {result['tuned_accuracy']:.3f}   (the same, with the DPO adapter)")
-    print(f"reward_accuracy:   {result['reward_accuracy']:.3f}   (implicit reward of chosen > rejected, beta {result['beta']:g})")
+    from .data.findings import SMALL_EVAL, wilson
+
+    n = result["pairs"]
+    # Under SMALL_EVAL pairs one pair moves the accuracy a lot: each comes with its 95% (Wilson) interval.
+    ci = (lambda a: "   95% interval {:.2f}-{:.2f}".format(*wilson(round(a * n), n))) if n < SMALL_EVAL else (lambda a: "")
+    print(f"pairs: {n}" + (f"   (fewer than {SMALL_EVAL}: read each accuracy with its interval)" if n < SMALL_EVAL else ""))
+    print(f"baseline_accuracy: {result['baseline_accuracy']:.3f}   (chosen answer more likely per token, SFT model)"
+          f"{ci(result['baseline_accuracy'])}")
+    print(f"tuned_accuracy:    {result['tuned_accuracy']:.3f}   (the same, with the DPO adapter){ci(result['tuned_accuracy'])}")
+    print(f"reward_accuracy:   {result['reward_accuracy']:.3f}   (implicit reward of chosen > rejected, beta {result['beta']:g})"
+          f"{ci(result['reward_accuracy'])}")
     print(f"mean_margin:       {result['mean_margin']:.4f}")
     if result["kl_drift"] is not None:
         print(f"kl_drift:          {result['kl_drift']:.4f}   (per-token log-ratio tuned/SFT on its own probe answers)")

@@ -55,6 +55,18 @@ def data_findings(cfg, data, train=None, held_out=None, tokenizer=None) -> list[
                     tokenizer=tokenizer, max_length=cfg.max_length if tokenizer is not None else None)
 
 
+def held_out_count(cfg) -> int | None:
+    """How many pairs a run with these settings holds out, read now without a tokenizer (prompts that reach
+    max_length are not dropped here, so it can be a little high); None for a hub dataset (not read here)."""
+    columns = columns_of(cfg)
+    source = cfg.eval_data or cfg.data
+    if not source or not Path(source).is_file():
+        return None
+    if cfg.eval_data:
+        return len(load_preferences(cfg.eval_data, columns))
+    return len(load_preferences(cfg.data, columns).split(cfg.eval_fraction, cfg.seed)[1])
+
+
 def check_sources(cfg) -> None:
     """Read the run's local data files now, without a tokenizer (fast), so a missing file, an unknown layout or
     a file with no usable pair is refused before a run starts. Hub ids are left to the run itself."""
