@@ -82,8 +82,11 @@ def test_a_run_trained_on_the_file_ranks_the_swapped_pairs_first(trained_on_swap
     assert sum(s > 0 for s in majority) >= 0.8 * len(majority), majority  # it learned what most pairs agree on
     found = find_suspects(data, run.id, engine=engine)
     ranked = [f["rows"][0] for f in found]
+    print(f"\nsuspects ranked: {ranked} (swapped: {SWAPPED}); majority positive: {sum(s > 0 for s in majority)}"
+          f"/{len(majority)}")
     assert len(set(ranked[: len(SWAPPED)]) & set(SWAPPED)) >= 3, (ranked, scores)
     assert "implicit reward margin per token" in found[0]["message"] and f"run {run.id}" in found[0]["message"]
     # The run's data.json carries the data doctor's findings: nothing held out here.
     recorded = run.read_json("data.json")["findings"]
-    assert [f["kind"] for f in recorded] == ["length_bias", "small_eval"] and "No pairs are held out" in recorded[0]["message"]
+    assert [f["kind"] for f in recorded] == ["length_bias", "small_eval"]
+    assert "No pairs are held out" in recorded[1]["message"] and "answer briefly" in recorded[0]["message"]
