@@ -2,7 +2,6 @@
 caption says which held-out pairs the run will use, and a cleaned copy is written, checked and selected."""
 
 import json
-import re
 
 import pytest
 
@@ -47,8 +46,10 @@ def test_the_data_tab_shows_the_findings_and_writes_a_cleaned_copy(launched_app,
 
     # Tick duplicates and conflicts, write the copy: 12 rows minus row 11 and rows 6 and 12.
     kinds = page.locator("#data-drop-kinds")
-    kinds.get_by_label(re.compile(r"^duplicates \(the copies\)")).check()
-    kinds.get_by_label(re.compile(r"^conflicts")).check()
+    expect(kinds).to_contain_text("duplicates (the copies) · 1")
+    expect(kinds).to_contain_text("conflicts (both rows) · 1")
+    kinds.locator("input[name=duplicate]").check()
+    kinds.locator("input[name=conflict]").check()
     page.locator("#data-clean").click()
     summary = page.locator("#data-summary")
     expect(summary).to_contain_text("-cleaned-", timeout=120_000)
