@@ -151,7 +151,9 @@ def main() -> int:
         run_dir = work / "run"
         t0 = time.time()
         studio("train", "--preset", "cpu-quickstart", "--data", str(data), "--eval-data", str(held_out),
-               "--max-steps", str(args.max_steps), "--set", "learning_rate=5e-4", "--set", "beta=0.1",
+               "--max-steps", str(args.max_steps), "--set", "learning_rate=1e-3", "--set", "beta=0.1",
+               "--set", "max_length=128", "--set", "lora_r=8", "--set", "lora_alpha=16",
+               "--set", "lora_target_modules=q_proj,v_proj", "--set", "eval_steps=0", "--set", "save_steps=0",
                "--out", str(run_dir), "--quiet", env=env)
         print(f"trained {run_dir.name} in {time.time() - t0:.0f} s")
         t0 = time.time()

@@ -375,7 +375,7 @@ class DataTab:
         try:
             cfg = self._run_settings(source, columns, max_length, split, fresh)
             findings = data_findings(cfg, data, tokenizer=tokenizer)
-        except StudioError as e:  # the held-out file of the Train tab could not be read: say so, keep the report
+        except (StudioError, TypeError, ValueError) as e:  # e.g. the Train tab's held-out file cannot be read
             cfg, findings = None, []
             gr.Warning(f"No findings: {browser_words(str(e))}")
         held = f"held out: {eval_source(cfg)}" if cfg is not None else "held out: the eval fraction"
@@ -389,7 +389,7 @@ class DataTab:
             self.dropped: pd.DataFrame(report["dropped"], columns=["row", "reason"]),
             self.preview: preview_html(data.pairs),
             self.source: source,
-            **self._findings_out(findings, reset=True),
+            **self._findings_out(findings),
         }
         if fresh:
             out.update({self.train_fields["data"]: source, self.train_fields["eval_data"]: ""})
@@ -409,7 +409,7 @@ class DataTab:
                          seed=int(seed if seed is not None else defaults.seed), prompt_col=columns.prompt,
                          chosen_col=columns.chosen, rejected_col=columns.rejected, system_col=columns.system)
 
-    def _findings_out(self, findings: list[dict], reset: bool = False) -> dict:
+    def _findings_out(self, findings: list[dict]) -> dict:
         suspects = [f["rows"][0] for f in findings if f["kind"] == "suspect_label"]
         return {self.findings: findings_markdown(findings), self.found: findings,
                 self.clean_box: gr.Group(visible=True),
