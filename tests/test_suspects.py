@@ -90,3 +90,29 @@ def test_a_run_trained_on_the_file_ranks_the_swapped_pairs_first(trained_on_swap
     recorded = run.read_json("data.json")["findings"]
     assert [f["kind"] for f in recorded] == ["length_bias", "small_eval"]
     assert "No pairs are held out" in recorded[1]["message"] and "answer briefly" in recorded[0]["message"]
+
+
+@pytest.mark.slow
+def test_compare_shows_a_small_evaluation_with_its_interval_and_warns_on_the_data(trained_on_swapped, engine,
+                                                                                   tmp_path):
+    from studio.evaluate import evaluate_run
+    from studio.ui.compare_tab import data_warning, results_frame
+
+    run = trained_on_swapped
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(style_row(t)) + "\n" for t in ("lakes", "forks", "drums", "pears")))
+    result = evaluate_run(run, data=str(held), engine=engine, probes=[])
+    assert result["pairs"] == 4
+    frame = results_frame([run.id])
+    cell = frame["tuned acc"][0]
+    assert cell.startswith(f"{result['tuned_accuracy']:.2f} (95% ") and cell.endswith(", 4 pairs)")
+    assert "under 20 held-out pairs" in frame["data warning"][0]  # its data.json: nothing was held out
+    # A run whose held-out prompts were also training prompts is named as such.
+    leaked = {"findings": [{"kind": "eval_overlap", "rows": [3], "message": "…"},
+                           {"kind": "eval_overlap", "rows": [9], "message": "…"}]}
+
+    class Leaky:
+        def read_json(self, name):
+            return leaked if name == "data.json" else None
+
+    assert data_warning(Leaky()).startswith("⚠ held-out data overlapped the training data (2 prompts)")
