@@ -128,7 +128,8 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=60, help="training steps with --train (default 60)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="doctor-check-"))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # Passive OpenMP waits: on a shared CPU, spinning threads make a training step many times slower.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     env.setdefault("STUDIO_HOME", str(work / "home"))
     cache = os.environ.get("STUDIO_TEST_MODEL_CACHE")
     home = Path(env["STUDIO_HOME"])

@@ -62,7 +62,8 @@ def _rows(data) -> list[int]:
 
 
 def finding(kind: str, rows: list[int], message: str) -> dict:
-    assert kind in KINDS, kind
+    if kind not in KINDS:
+        raise ValueError(f"unknown finding kind {kind!r}")
     return {"kind": kind, "rows": sorted(set(rows)), "message": message}
 
 
