@@ -34,6 +34,7 @@ from pathlib import Path
 from .backends import early_import
 from .config import RunConfig, apply_overrides, choices_of, fields_of, load_preset, meta, preset_names
 from .data import Columns, load_preferences
+from .data.findings import KINDS
 from .distributed import is_main, world_size
 from .errors import ConfigError, StudioError, user_message
 from .export import export_run
@@ -47,6 +48,8 @@ from .models import is_embedded, load_tokenizer, resolve_model
 from .pools import get_pool, to_preferences
 from .progress import TerminalProgress
 from .runs import get_run, mark_interrupted
+from .suspects import find_suspects, resolve
+from .training_data import data_findings
 from .sweep import Sweep, parse_grid
 from .winrate import comparison_pool, describe, measure
 
@@ -91,11 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="preference data tools")
     data_sub = data.add_subparsers(metavar="ACTION")
-    check = data_sub.add_parser("check", help="read a preference file, report its layout, dropped rows and token lengths")
+    check = data_sub.add_parser(
+        "check", help="read a preference file, report its layout, dropped rows, token lengths and findings "
+        "(duplicates, conflicts, held-out overlap, truncation, length bias, a small held-out set, suspect labels)")
     check.add_argument("file", help="JSONL / JSON / CSV / Parquet file, or a hub dataset id")
     _column_flags(check)
-    check.add_argument("--model", default="embedded", help="model whose tokenizer counts tokens (default: embedded)")
-    check.add_argument("--max-length", type=int, default=None, help="drop pairs whose prompt alone reaches this (default 512)")
+    check.add_argument("--eval-data", help="the held-out file a run would use (default: the run's own 5%% split)")
+    check.add_argument("--model", default="embedded",
+                       help="embedded, a hub id, a model folder or a run (id or folder): its tokenizer counts tokens "
+                            "and, with --suspects, it scores the pairs (default: embedded)")
+    check.add_argument("--max-length", type=int, default=None,
+                       help="the run's max_length: pairs longer are cut (finding: truncated), prompts reaching it "
+                            "dropped (default 512, or the run's)")
+    check.add_argument("--suspects", action="store_true",
+                       help="rank the pairs whose rejected answer --model prefers most strongly (per-token margin). "
+                            "With a run trained on this same file, these are the pairs that go against what the rest "
+                            "of the data taught it: swapped labels first")
     check.add_argument("--no-tokens", action="store_true", help="skip token counting (no tokenizer is loaded)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=cmd_data_check)
@@ -310,13 +324,25 @@ def cmd_presets(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    model, run = resolve(args.model, folders=True)
+    base = run.config() if run is not None else RunConfig()
     tokenizer = None
     if not args.no_tokens:
-        tokenizer = load_tokenizer(resolve_model(args.model))
-    max_length = args.max_length or RunConfig.max_length
+        tokenizer = load_tokenizer(resolve_model(model))
+    max_length = args.max_length or base.max_length
     columns = Columns(args.prompt_col, args.chosen_col, args.rejected_col, args.system_col)
     data = load_preferences(args.file, columns, tokenizer=tokenizer, max_length=max_length if tokenizer else None)
-    report = data.report.to_dict()
+    # The held-out pairs as a run would take them: --eval-data, else the split of a run's own settings.
+    cfg = RunConfig(data=args.file, eval_data=args.eval_data, max_length=max_length, eval_fraction=base.eval_fraction,
+                    seed=base.seed, prompt_col=args.prompt_col, chosen_col=args.chosen_col,
+                    rejected_col=args.rejected_col, system_col=args.system_col)
+    findings = data_findings(cfg, data, tokenizer=tokenizer)
+    if args.suspects:
+        findings += on_slot("suspects", f"scoring {len(data)} pairs with {args.model}",
+                            lambda job: find_suspects(data, args.model, max_length=max_length, folders=True,
+                                                      progress=lambda done, total: job.report("scoring pairs", done, total)))
+    findings.sort(key=lambda f: KINDS.index(f["kind"]))
+    report = {**data.report.to_dict(), "findings": findings}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -338,7 +364,22 @@ def cmd_data_check(args) -> int:
         print("tokens (min / mean / p95 / max):")
         for part, s in report["tokens"].items():
             print(f"  {part:<9} {s['min']:>6} {s['mean']:>8.1f} {s['p95']:>6} {s['max']:>6}")
+    _print_findings(findings)
     return 0
+
+
+def _print_findings(findings: list[dict], per_kind: int = 10) -> None:
+    if not findings:
+        print("findings: none")
+        return
+    print(f"findings: {len(findings)}")
+    for kind in dict.fromkeys(f["kind"] for f in findings):
+        of_kind = [f for f in findings if f["kind"] == kind]
+        print(f"  {kind} ({len(of_kind)}):")
+        for f in of_kind[:per_kind]:
+            print(f"    {f['message']}")
+        if len(of_kind) > per_kind:
+            print(f"    … and {len(of_kind) - per_kind} more (use --json for all)")
 
 
 def _preset_config(args):
@@ -508,10 +549,17 @@ def cmd_eval(args) -> int:
         return 0
     print(f"run: {result['run']}")
     print(f"data: {result['data']['source']} ({result['data']['split']})")
-    print(f"pairs: {result['pairs']}")
-    print(f"baseline_accuracy: {result['baseline_accuracy']:.3f}   (chosen answer more likely per token, SFT model)")
-    print(f"tuned_accuracy:    {result['tuned_accuracy']:.3f}   (the same, with the DPO adapter)")
-    print(f"reward_accuracy:   {result['reward_accuracy']:.3f}   (implicit reward of chosen > rejected, beta {result['beta']:g})")
+    from .data.findings import SMALL_EVAL, wilson
+
+    n = result["pairs"]
+    # Under SMALL_EVAL pairs one pair moves the accuracy a lot: each comes with its 95% (Wilson) interval.
+    ci = (lambda a: "   95% interval {:.2f}-{:.2f}".format(*wilson(round(a * n), n))) if n < SMALL_EVAL else (lambda a: "")
+    print(f"pairs: {n}" + (f"   (fewer than {SMALL_EVAL}: read each accuracy with its interval)" if n < SMALL_EVAL else ""))
+    print(f"baseline_accuracy: {result['baseline_accuracy']:.3f}   (chosen answer more likely per token, SFT model)"
+          f"{ci(result['baseline_accuracy'])}")
+    print(f"tuned_accuracy:    {result['tuned_accuracy']:.3f}   (the same, with the DPO adapter){ci(result['tuned_accuracy'])}")
+    print(f"reward_accuracy:   {result['reward_accuracy']:.3f}   (implicit reward of chosen > rejected, beta {result['beta']:g})"
+          f"{ci(result['reward_accuracy'])}")
     print(f"mean_margin:       {result['mean_margin']:.4f}")
     if result["kl_drift"] is not None:
         print(f"kl_drift:          {result['kl_drift']:.4f}   (per-token log-ratio tuned/SFT on its own probe answers)")

@@ -40,7 +40,7 @@ from .jobs import Job, active as active_job
 from .memory import fit_run, free_gpu_gb, halve_batch
 from .models import check_targets_in_config, load_for_training, load_tokenizer, resolve_model
 from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, runs_root
-from .training_data import eval_source, load_run_data, to_trl
+from .training_data import data_findings, eval_source, load_run_data, to_trl
 
 
 class RunFolderGone(StudioError):
@@ -315,7 +315,8 @@ class TrainingJob(Job):
         tokenizer = load_tokenizer(resolve_model(cfg.model))
         data, train, held_out = load_run_data(cfg, tokenizer)
         self.run.write_json("data.json", {**data.report.to_dict(), "train_pairs": len(train),
-                                          "eval_pairs": len(held_out), "eval_source": eval_source(cfg)})
+                                          "eval_pairs": len(held_out), "eval_source": eval_source(cfg),
+                                          "findings": data_findings(cfg, data, train, held_out, tokenizer)})
         self._set("loading", "loading the model")
         # Decided once, by the main process: every process must fit the same batch and take the same steps.
         cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, len(train)))

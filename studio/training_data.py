@@ -49,6 +49,36 @@ def eval_source(cfg) -> str:
     return cfg.eval_data or f"{cfg.eval_fraction:.0%} of the training data (seed {cfg.seed})"
 
 
+def data_findings(cfg, data, train=None, held_out=None, tokenizer=None) -> list[dict]:
+    """The data doctor's findings for a run with these settings (studio.data.findings): `data` is every usable
+    pair of cfg.data; the held-out pairs are read or split as the run makes them when not given. With a
+    tokenizer, `truncated` counts tokens at cfg.max_length."""
+    from .data.findings import find_all
+
+    if held_out is None:
+        if cfg.eval_data:
+            train = data
+            held_out = load_preferences(cfg.eval_data, columns_of(cfg), tokenizer=tokenizer,
+                                        max_length=cfg.max_length if tokenizer is not None else None)
+        else:
+            train, held_out = data.split(cfg.eval_fraction, cfg.seed)
+    name = Path(cfg.eval_data).name if cfg.eval_data else "the held-out split"
+    return find_all(data, held_out, name, train=train, eval_where=f"held out: {eval_source(cfg)}",
+                    tokenizer=tokenizer, max_length=cfg.max_length if tokenizer is not None else None)
+
+
+def held_out_count(cfg) -> int | None:
+    """How many pairs a run with these settings holds out, read now without a tokenizer (prompts that reach
+    max_length are not dropped here, so it can be a little high); None for a hub dataset (not read here)."""
+    columns = columns_of(cfg)
+    source = cfg.eval_data or cfg.data
+    if not source or not Path(source).is_file():
+        return None
+    if cfg.eval_data:
+        return len(load_preferences(cfg.eval_data, columns))
+    return len(load_preferences(cfg.data, columns).split(cfg.eval_fraction, cfg.seed)[1])
+
+
 def check_sources(cfg) -> None:
     """Read the run's local data files now, without a tokenizer (fast), so a missing file, an unknown layout or
     a file with no usable pair is refused before a run starts. Hub ids are left to the run itself."""

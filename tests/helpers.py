@@ -33,4 +33,5 @@ def free_port() -> int:
 
 # What /check_upload (and the other data checks) return, in order; layout blocks and gr.State are not in the API.
 DATA_OUTPUTS = ("summary", "prompt", "chosen", "rejected", "system", "raw", "histogram", "dropped", "preview", "data",
-                "eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col")
+                "eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col", "findings", "drop_kinds",
+                "suspect_rows")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DataError
+from .findings import prompt_key
 from .layouts import Columns, Plan, make_plan
 from .readers import column_names, read_source
 from .rows import normalise
@@ -52,6 +53,7 @@ class DataReport:
 class PreferenceSet:
     pairs: list[dict]
     report: DataReport
+    rows: list[int] | None = None  # each pair's 1-based row in the source, as `report.dropped` numbers rows
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,21 +77,38 @@ class PreferenceSet:
         return PreferenceSet(examples, report)
 
     def split(self, eval_fraction: float, seed: int) -> tuple[PreferenceSet, PreferenceSet]:
-        """Seeded shuffle into (train, eval); each part keeps the source's order."""
+        """Seeded shuffle into (train, eval); each part keeps the source's order.
+
+        Pairs with the same prompt (once whitespace, case and edge punctuation are normalised) land on one
+        side together, so a duplicate of a training pair is never held out. Groups are shuffled and taken
+        until the eval size is met; where every prompt is distinct this is a plain seeded shuffle of pairs.
+        """
         if not 0 <= eval_fraction < 1:
             raise DataError(f"The eval fraction must be at least 0 and below 1 (got {eval_fraction}).")
         n = len(self.pairs)
         n_eval = _eval_size(n, eval_fraction)
         if n_eval == 0:
             return self, self._subset([])
-        order = list(range(n))
+        groups: dict[str, list[int]] = {}
+        for i, pair in enumerate(self.pairs):
+            groups.setdefault(prompt_key(pair), []).append(i)
+        order = list(groups.values())
         random.Random(seed).shuffle(order)
-        return self._subset(sorted(order[n_eval:])), self._subset(sorted(order[:n_eval]))
+        held: list[int] = []
+        for group in order:
+            if len(held) >= n_eval:
+                break
+            # A whole group, if it fits (or nothing is held out yet), and never every pair.
+            if (len(held) + len(group) <= n_eval or not held) and len(held) + len(group) < n:
+                held += group
+        chosen = set(held)
+        return self._subset([i for i in range(n) if i not in chosen]), self._subset(sorted(held))
 
     def _subset(self, indices: list[int]) -> PreferenceSet:
         # The report still describes the source; only the pair count follows the subset.
         items = [self.pairs[i] for i in indices]
-        return PreferenceSet(items, replace(self.report, pairs=len(indices), labels=_labels(items, self.unpaired)))
+        rows = [self.rows[i] for i in indices] if self.rows is not None else None
+        return PreferenceSet(items, replace(self.report, pairs=len(indices), labels=_labels(items, self.unpaired)), rows)
 
     def to_dataset(self):
         """A datasets.Dataset with conversational prompt/chosen/rejected columns (prompt/completion/label when
@@ -164,7 +183,7 @@ def load_preferences(
         used=plan.used(), notes=read.notes + plan.notes, unpaired=plan.unpaired,
         labels=_labels([item for _, item in kept], plan.unpaired),
     )
-    return PreferenceSet([pair for _, pair in kept], report)
+    return PreferenceSet([pair for _, pair in kept], report, [row for row, _ in kept])
 
 
 def _raise_nothing_usable(name: str, rows: int, dropped: list[dict], plan: "Plan | None" = None) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 from studio import jobs
 from studio.access import require_user
 from studio.config import detect_hardware
+from studio.data.findings import SMALL_EVAL, accuracy_text, counts
 from studio.errors import EvalError
 from studio.evaluate import evaluate_run, result_row
 from studio.measures import MEASURE_LABELS
@@ -36,17 +37,45 @@ def comparable_runs() -> list[str]:
     return [r.id for r in list_runs() if r.has_adapter and r.state not in LIVE_STATES]
 
 
+ACCURACIES = ("baseline_accuracy", "tuned_accuracy", "reward_accuracy")
+DATA_WARNING = "data warning"
+
+
+def data_warning(run) -> str | None:
+    """What the run's data.json findings say about its held-out numbers: overlap with training, too few pairs."""
+    found = counts((run.read_json("data.json") or {}).get("findings") or [])
+    words = []
+    if found.get("eval_overlap"):
+        words.append(f"⚠ held-out data overlapped the training data ({found['eval_overlap']} prompts): "
+                     "its accuracy is inflated")
+    if found.get("small_eval"):
+        words.append(f"⚠ under {SMALL_EVAL} held-out pairs: read the accuracy with its 95% interval")
+    return " ".join(words) or None
+
+
+def _with_intervals(row: dict) -> dict:
+    """Accuracies over fewer than SMALL_EVAL pairs as text with their 95% (Wilson) interval."""
+    n = row.get("pairs")
+    if not n or n >= SMALL_EVAL:
+        return row
+    return {**row, **{k: accuracy_text(row[k], n) for k in ACCURACIES if isinstance(row.get(k), float)}}
+
+
 def results_frame(run_ids: list[str]) -> pd.DataFrame:
     """The accuracy table: one row per run, swept values first, evaluation columns when evaluated."""
     rows = []
     for run_id in run_ids:
         try:
-            rows.append(result_row(get_run(run_id)))
+            run = get_run(run_id)
+            row = _with_intervals(result_row(run))
+            warning = data_warning(run)
         except FileNotFoundError:
             continue
+        rows.append({**row, DATA_WARNING: warning} if warning else row)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    swept = [k for k in keys if k not in TABLE_COLUMNS]
+    swept = [k for k in keys if k not in TABLE_COLUMNS and k != DATA_WARNING]
     columns = ["run", *swept, *(k for k in TABLE_COLUMNS if k != "run" and any(k in r for r in rows))]
+    columns += [DATA_WARNING] if any(DATA_WARNING in r for r in rows) else []
     data = [[number(r.get(k)) for k in columns] for r in rows]
     return pd.DataFrame(data, columns=[header(k) for k in columns])
 

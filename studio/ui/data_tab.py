@@ -13,17 +13,24 @@ from __future__ import annotations
 import html
 import json
 import re
+import uuid
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from studio import jobs
+from studio.config import RunConfig
 from studio.data import Columns, NoUsablePairs, UnknownLayout, guess_columns, load_preferences, peek, token_lengths
-from studio.errors import StudioError
+from studio.data.clean import write_cleaned
+from studio.data.findings import DROPPABLE, counts, rows_to_drop
+from studio.suspects import find_suspects, resolve
+from studio.errors import DataError, StudioError
 from studio.access import require_user
-from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload
+from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload, uploads_dir
 from studio.pools import preference_files
-from studio.runs import data_in_use
+from studio.runs import LIVE_STATES, data_in_use, list_runs
+from studio.training_data import data_findings, eval_source
 from studio.models import EMBEDDED_NAME, ModelError, display_name, needs_preparing
 
 from . import charts
@@ -38,6 +45,41 @@ MAPPING_HELP = ("**Map the columns:** pick which column holds each part in the d
 PREPARING = (f"### Preparing the embedded model (one time, ~30 s)…\n\n{EMBEDDED_NAME} is converted once from the "
              "file it ships in to a form that trains and counts tokens fast; the check of your file follows. "
              "Later uploads and runs skip this.")
+
+
+KIND_TITLES = {
+    "duplicate": "Duplicates", "near_duplicate": "Near duplicates", "conflict": "Conflicts",
+    "eval_overlap": "Held-out prompts also in training", "truncated": "Cut at max_length",
+    "length_bias": "Length bias", "small_eval": "Too few held-out pairs", "suspect_label": "Suspect labels",
+}
+DROP_LABELS = {"duplicate": "duplicates (the copies)", "near_duplicate": "near duplicates (the copies)",
+               "conflict": "conflicts (both rows)", "eval_overlap": "training rows whose prompt is held out",
+               "suspect_label": "the suspect rows I ticked below"}
+EXAMPLES = 2
+
+
+def findings_markdown(findings: list[dict]) -> str:
+    """The findings grouped by kind: a count and the first two messages of each."""
+    if not findings:
+        return "#### Findings\n\n✅ No duplicates, conflicts, held-out overlap, cut pairs, length bias or small held-out set."
+    lines = [f"#### Findings: {len(findings)}"]
+    for kind, n in counts(findings).items():
+        of_kind = [f for f in findings if f["kind"] == kind]
+        lines.append(f"**{KIND_TITLES[kind]}** (`{kind}`) · {n}")
+        lines += [f"- {escape(f['message'])}" for f in of_kind[:EXAMPLES]]
+        if n > EXAMPLES:
+            lines.append(f"- … and {n - EXAMPLES} more")
+    return "\n\n".join(lines)
+
+
+def drop_choices(findings: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{DROP_LABELS[kind]} · {n}", kind) for kind, n in counts(findings).items() if kind in DROPPABLE]
+
+
+def suspect_model_choices() -> list[tuple[str, str]]:
+    """The embedded model and every finished run with an adapter (a run trained on this file finds its odd pairs)."""
+    runs = [r.id for r in list_runs() if r.has_adapter and r.state not in LIVE_STATES]
+    return [(f"{EMBEDDED_NAME} (embedded)", "embedded")] + [(f"run {r}", r) for r in runs]
 
 
 def browser_words(message: str) -> str:
@@ -166,6 +208,21 @@ class DataTab:
                         self.pool_check = gr.Button("Check", scale=1, min_width=80, elem_id="data-pool-check")
                 with gr.Column(scale=3):
                     self.summary = gr.Markdown("Upload a file to see its report.", elem_id="data-summary")
+                    self.findings = gr.Markdown("", elem_id="data-findings")
+            with gr.Group(visible=False) as self.clean_box:
+                gr.Markdown("**Suspect labels:** a model scores every pair; those whose *rejected* answer it prefers "
+                            "most are listed to review. With a run trained on this very file, they are the pairs that "
+                            "go against what the rest of the data taught it: swapped labels first.",
+                            elem_classes="ds-pad")
+                with gr.Row(equal_height=True):
+                    self.suspect_model = gr.Dropdown(suspect_model_choices(), value="embedded", scale=3,
+                                                     label="Model or run that scores the pairs",
+                                                     elem_id="data-suspect-model")
+                    self.suspect_btn = gr.Button("Find suspect labels", scale=1, elem_id="data-suspects")
+                self.suspect_rows = gr.CheckboxGroup([], label="Suspect rows to drop (tick those you confirm)",
+                                                     elem_id="data-suspect-rows")
+                self.drop_kinds = gr.CheckboxGroup([], label="Leave out of the cleaned copy", elem_id="data-drop-kinds")
+                self.clean_btn = gr.Button("Write a cleaned copy", variant="primary", elem_id="data-clean")
             with gr.Group(visible=False) as self.mapping_box:
                 gr.Markdown(MAPPING_HELP, elem_classes="ds-pad")
                 with gr.Row():
@@ -180,14 +237,17 @@ class DataTab:
             gr.Markdown("#### Pairs")
             self.preview = gr.HTML("", css_template=PREVIEW_CSS, js_on_load=None, elem_id="data-preview")
             self.source = gr.State(None)  # what was last checked: a path under STUDIO_HOME/uploads or a hub id
+            self.found = gr.State([])  # its findings (the cleaned copy drops their rows)
 
     def connect(self, train) -> None:
         """Wire to the Train tab: its model and max_length shape the check; a good check fills its data fields."""
         f = train.fields
         self.train_fields = {name: f[name] for name in ("data", "eval_data", *(f"{p}_col" for p in PARTS))}
         outputs = [self.summary, self.mapping_box, *self.mapping.values(), self.raw, self.histogram, self.dropped,
-                   self.preview, self.source, *self.train_fields.values()]
-        context = {"model": f["model"], "max_length": f["max_length"]}
+                   self.preview, self.source, *self.train_fields.values(), self.findings, self.found, self.clean_box,
+                   self.drop_kinds, self.suspect_rows]
+        context = {"model": f["model"], "max_length": f["max_length"], "eval_fraction": f["eval_fraction"],
+                   "seed": f["seed"]}
         self.upload.upload(self.check_upload, inputs_kwargs={"file": self.upload, **context}, outputs=outputs,
                            api_name="check_upload")
         gr.on([self.hub_check.click, self.hub_id.submit], self.check_hub,
@@ -197,9 +257,20 @@ class DataTab:
                              outputs=outputs, api_name="check_mapping")
         self.pool_check.click(self.check_pool_file, inputs_kwargs={"path": self.pool_file, **context}, outputs=outputs,
                               api_name="check_pool_file")
-        self.tab.select(lambda: gr.Dropdown(choices=pool_file_choices()), outputs=self.pool_file,
+        self.tab.select(lambda: (gr.Dropdown(choices=pool_file_choices()), gr.Dropdown(choices=suspect_model_choices())),
+                        outputs=[self.pool_file, self.suspect_model],
                         api_visibility="private", show_progress="hidden", concurrency_limit=None)
-        self.check_train.click(self.check_train_data, inputs_kwargs={"data": f["data"], **context,
+        columns = {f"{p}_col": f[f"{p}_col"] for p in PARTS}
+        self.suspect_btn.click(self.find_suspects, inputs_kwargs={"source": self.source, "found": self.found,
+                                                                  "spec": self.suspect_model, **context, **columns},
+                               outputs=[self.findings, self.found, self.drop_kinds, self.suspect_rows],
+                               api_name="find_suspects", concurrency_id="data-suspects", concurrency_limit=1)
+        self.clean_btn.click(self.write_clean, inputs_kwargs={"source": self.source, "found": self.found,
+                                                             "kinds": self.drop_kinds, "confirmed": self.suspect_rows,
+                                                             **context, **columns},
+                             outputs=outputs, api_name="write_cleaned_copy")
+        self.check_train.click(self.check_train_data, inputs_kwargs={"data": f["data"], "eval_data": f["eval_data"],
+                                                                     **context,
                                                                      **{f"{p}_col": f[f"{p}_col"] for p in PARTS}},
                                outputs=outputs, api_name="check_train_data")
 
@@ -210,13 +281,15 @@ class DataTab:
             yield {self.summary: PREPARING}
         yield work()
 
-    def check_upload(self, file: str | None, model: str, max_length, request: gr.Request = None):
+    def check_upload(self, file: str | None, model: str, max_length, eval_fraction=None, seed=None,
+                     request: gr.Request = None):
         if not file:
             yield {self.summary: gr.skip()}
             return
-        yield from self._announced(model, lambda: self._check_upload(file, model, max_length, request))
+        yield from self._announced(model, lambda: self._check_upload(file, model, max_length, request,
+                                                                     split=(eval_fraction, seed)))
 
-    def _check_upload(self, file: str, model: str, max_length, request: gr.Request = None) -> dict:
+    def _check_upload(self, file: str, model: str, max_length, request: gr.Request = None, split=(None, None)) -> dict:
         if not file:
             return {self.summary: gr.skip()}
         name = Path(file).name  # Gradio keeps the user's file name for its temporary copy
@@ -233,15 +306,15 @@ class DataTab:
             stored = store_upload(file, name)
         except StudioError as e:
             return self._refused(name, str(e))
-        out = self.check(str(stored), Columns(), model, max_length, fresh=True, title=name)
+        out = self.check(str(stored), Columns(), model, max_length, fresh=True, title=name, split=split)
         if out.get(self.source) is None:  # unreadable: nothing to map, so nothing to keep
             discard_upload(stored)
         return out
 
-    def check_hub(self, dataset_id: str, model: str, max_length):
-        yield from self._announced(model, lambda: self._check_hub(dataset_id, model, max_length))
+    def check_hub(self, dataset_id: str, model: str, max_length, eval_fraction=None, seed=None):
+        yield from self._announced(model, lambda: self._check_hub(dataset_id, model, max_length, (eval_fraction, seed)))
 
-    def _check_hub(self, dataset_id: str, model: str, max_length) -> dict:
+    def _check_hub(self, dataset_id: str, model: str, max_length, split=(None, None)) -> dict:
         dataset_id = (dataset_id or "").strip()
         if not dataset_id:
             gr.Warning("Type a hub dataset id such as owner/name.")
@@ -249,20 +322,23 @@ class DataTab:
         if not is_hub_id(dataset_id):  # a path typed here would be read as one: not from this box
             return self._refused(dataset_id, f"'{dataset_id}' is not a hub dataset id (owner/name). "
                                              "Upload a file to check it.")
-        return self.check(dataset_id, Columns(), model, max_length, fresh=True)
+        return self.check(dataset_id, Columns(), model, max_length, fresh=True, split=split)
 
-    def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system):
+    def check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system,
+                     eval_fraction=None, seed=None):
         yield from self._announced(model, lambda: self._check_mapped(source, model, max_length, prompt, chosen,
-                                                                     rejected, system))
+                                                                     rejected, system, (eval_fraction, seed)))
 
-    def _check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system) -> dict:
+    def _check_mapped(self, source: str | None, model: str, max_length, prompt, chosen, rejected, system,
+                      split=(None, None)) -> dict:
         if not source:
             gr.Warning("Upload a file first.")
             return {self.summary: gr.skip()}
         return self.check(source, Columns(prompt or None, chosen or None, rejected or None, system or None),
-                          model, max_length, fresh=True)
+                          model, max_length, fresh=True, split=split)
 
-    def check_pool_file(self, path: str | None, model: str, max_length, request: gr.Request = None) -> dict:
+    def check_pool_file(self, path: str | None, model: str, max_length, eval_fraction=None, seed=None,
+                        request: gr.Request = None) -> dict:
         try:
             require_user(request, "read data files")
         except StudioError as e:
@@ -270,15 +346,17 @@ class DataTab:
         if not path:
             gr.Warning("Pick a pool's preference file (write one in the Grow pairs tab first).")
             return {self.summary: gr.skip()}
-        return self.check(path, Columns(), model, max_length, fresh=True, title=f"pool {Path(path).parent.name}")
+        return self.check(path, Columns(), model, max_length, fresh=True, title=f"pool {Path(path).parent.name}",
+                          split=(eval_fraction, seed))
 
     def check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
-                         system_col, request: gr.Request = None):
+                         system_col, eval_fraction=None, seed=None, eval_data=None, request: gr.Request = None):
         yield from self._announced(model, lambda: self._check_train_data(data, model, max_length, prompt_col,
-                                                                         chosen_col, rejected_col, system_col, request))
+                                                                         chosen_col, rejected_col, system_col, request,
+                                                                         (eval_fraction, seed, eval_data)))
 
     def _check_train_data(self, data: str, model: str, max_length, prompt_col, chosen_col, rejected_col,
-                          system_col, request: gr.Request = None) -> dict:
+                          system_col, request: gr.Request = None, split=(None, None)) -> dict:
         try:
             require_user(request, "read data files")
         except StudioError as e:
@@ -287,10 +365,10 @@ class DataTab:
             gr.Warning("The Train tab has no data set yet.")
             return {self.summary: gr.skip()}
         columns = Columns(prompt_col or None, chosen_col or None, rejected_col or None, system_col or None)
-        return self.check(data.strip(), columns, model, max_length, fresh=False)
+        return self.check(data.strip(), columns, model, max_length, fresh=False, split=split)
 
     def check(self, source: str, columns: Columns, model: str, max_length, fresh: bool,
-              title: str | None = None) -> dict:
+              title: str | None = None, split=(None, None)) -> dict:
         """The engine's report for `source`; on success it becomes the Train tab's data.
 
         Every source passes `check_data_source` first: a hub id, or a file inside the allowed folders.
@@ -307,8 +385,15 @@ class DataTab:
             return self._unknown(source, e, title)
         report = data.report.to_dict()
         lengths = token_lengths(data.pairs, tokenizer) if tokenizer is not None else {}
-        note = ("**This is now the training data in the Train tab** (held out: the eval fraction)." if fresh
-                else "This is the Train tab's data.")
+        try:
+            cfg = self._run_settings(source, columns, max_length, split, fresh)
+            findings = data_findings(cfg, data, tokenizer=tokenizer)
+        except (StudioError, TypeError, ValueError) as e:  # e.g. the Train tab's held-out file cannot be read
+            cfg, findings = None, []
+            gr.Warning(f"No findings: {browser_words(str(e))}")
+        held = f"held out: {eval_source(cfg)}" if cfg is not None else "held out: the eval fraction"
+        note = (f"**This is now the training data in the Train tab** ({held})." if fresh
+                else f"This is the Train tab's data ({held}).")
         out = {
             self.summary: summary_markdown(report, checked_with, note, title),
             self.mapping_box: gr.Group(visible=columns.given()),
@@ -317,11 +402,102 @@ class DataTab:
             self.dropped: pd.DataFrame(report["dropped"], columns=["row", "reason"]),
             self.preview: preview_html(data.pairs),
             self.source: source,
+            **self._findings_out(findings),
         }
         if fresh:
             out.update({self.train_fields["data"]: source, self.train_fields["eval_data"]: ""})
             out.update({self.train_fields[f"{p}_col"]: getattr(columns, p) or "" for p in PARTS})
         return out
+
+    @staticmethod
+    def _run_settings(source: str, columns: Columns, max_length, split, fresh: bool) -> RunConfig:
+        """The settings a run on `source` would have: the Train tab's split (a fresh check clears eval_data)."""
+        eval_fraction, seed, *rest = (*split, None)
+        eval_data = None if fresh else (rest[0] or "").strip() or None
+        if eval_data:
+            eval_data = check_data_source(eval_data, for_web=True)
+        defaults = RunConfig()
+        return RunConfig(data=source, eval_data=eval_data, max_length=int(max_length or defaults.max_length),
+                         eval_fraction=float(eval_fraction if eval_fraction is not None else defaults.eval_fraction),
+                         seed=int(seed if seed is not None else defaults.seed), prompt_col=columns.prompt,
+                         chosen_col=columns.chosen, rejected_col=columns.rejected, system_col=columns.system)
+
+    def _findings_out(self, findings: list[dict]) -> dict:
+        suspects = [f["rows"][0] for f in findings if f["kind"] == "suspect_label"]
+        return {self.findings: findings_markdown(findings), self.found: findings,
+                self.clean_box: gr.Group(visible=True),
+                self.drop_kinds: gr.CheckboxGroup(choices=drop_choices(findings), value=[]),
+                self.suspect_rows: gr.CheckboxGroup(choices=[(f"row {r}", r) for r in suspects], value=[])}
+
+    # --- the doctor's actions: suspect labels, a cleaned copy ---
+    def find_suspects(self, source: str | None, found: list[dict], spec: str, model: str, max_length, eval_fraction,
+                      seed, prompt_col, chosen_col, rejected_col, system_col, progress=gr.Progress(),
+                      request: gr.Request = None):
+        """Score the checked pairs with the embedded model or a finished run (on the job slot) and list the suspects."""
+        try:
+            require_user(request, "score data with a model")
+            if not source:
+                raise DataError("Check a data file first.")
+            if spec not in {value for _, value in suspect_model_choices()}:
+                raise DataError(f"Pick the embedded model or a finished run to score the pairs (got {spec!r}).")
+            source = check_data_source(source, for_web=True)
+            columns = Columns(prompt_col or None, chosen_col or None, rejected_col or None, system_col or None)
+            data = load_preferences(source, columns)
+            base, run = resolve(spec)
+
+            def work(job):
+                import torch
+
+                job.report("scoring pairs", 0, len(data))
+                engine = self.services.chat.get(base, dtype=torch.float32)
+
+                def step(done, total):
+                    job.report("scoring pairs", done, total)
+                    progress((done, total), desc="scoring pairs")
+
+                return find_suspects(data, spec, max_length=None if run else int(max_length or 512), engine=engine,
+                                     progress=step)
+
+            suspects = jobs.run("suspects", f"finding suspect labels with {spec}", work)
+        except StudioError as e:
+            gr.Warning(browser_words(str(e)), title="Cannot find suspect labels")
+            return {self.findings: gr.skip()}
+        findings = [f for f in found or [] if f["kind"] != "suspect_label"] + suspects
+        out = self._findings_out(findings)
+        out.pop(self.clean_box)
+        if not suspects:
+            gr.Info(f"{spec} prefers the chosen answer of every pair: no suspect labels.")
+        return out
+
+    def write_clean(self, source: str | None, found: list[dict], kinds: list[str], confirmed: list, model: str,
+                    max_length, eval_fraction, seed, prompt_col, chosen_col, rejected_col, system_col,
+                    request: gr.Request = None) -> dict:
+        """A new file in uploads without the rows of the ticked kinds; it becomes the Train tab's data."""
+        try:
+            require_user(request, "write a cleaned copy")
+            if not source or not found:
+                raise DataError("Check a data file with findings first.")
+            kinds = [k for k in kinds or [] if k in DROPPABLE]
+            if not kinds:
+                raise DataError("Tick at least one kind of finding to leave out.")
+            if "suspect_label" in kinds and not confirmed:
+                raise DataError("Tick the suspect rows you confirm (or untick suspect rows).")
+            source = check_data_source(source, for_web=True)
+            columns = Columns(prompt_col or None, chosen_col or None, rejected_col or None, system_col or None)
+            drop = rows_to_drop(found, kinds, {int(r) for r in confirmed or []})
+            data = load_preferences(source, columns)
+            name = Path(source).stem if not is_hub_id(source) else source.replace("/", "-")
+            folder = uploads_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{name[:60]}-cleaned-{uuid.uuid4().hex[:8]}.jsonl"
+            kept = write_cleaned(data, drop, target)
+        except StudioError as e:
+            gr.Warning(browser_words(str(e)), title="No cleaned copy written")
+            return {self.summary: gr.skip()}
+        gr.Info(f"Wrote {target.name}: {kept} pairs, {len(drop)} rows left out ({', '.join(kinds)}). The original "
+                "is unchanged; the copy is now the training data.", title="Cleaned copy")
+        return self.check(str(target), Columns(), model, max_length, fresh=True, title=target.name,
+                          split=(eval_fraction, seed))
 
     def _unknown(self, source: str, error: StudioError, title: str | None = None) -> dict:
         """What went wrong, and dropdowns of the columns found when the file itself could be read.
@@ -366,6 +542,7 @@ class DataTab:
         """A refusal shown where the user acted: in the summary, with the rest of the report cleared."""
         text = html.escape(browser_words(message), quote=False)  # the message may quote column names from the file
         return {self.summary: f"### Cannot use {escape(name)}\n\n⚠️ {text}", self.source: None,
+                self.findings: "", self.found: [], self.clean_box: gr.Group(visible=False),
                 self.histogram: charts.token_histogram({}), self.preview: "",
                 self.dropped: pd.DataFrame(columns=["row", "reason"]), self.mapping_box: gr.Group(visible=False)}
 

@@ -17,9 +17,10 @@ from studio.config import (
     PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware, studio_home,
 )
 from studio.access import require_user
-from studio.training_data import check_sources, eval_source
+from studio.data.findings import SMALL_EVAL
+from studio.training_data import check_sources, eval_source, held_out_count
 from studio.files import check_data_source
-from studio.errors import ConfigError
+from studio.errors import ConfigError, StudioError
 from studio.models import EMBEDDED, resolve_model
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
 from studio.training import TrainingJob
@@ -229,9 +230,12 @@ class TrainTab:
             values[self.fields["eval_data"]] = eval_data or ""
             gr.Info(f"Kept your training data ({data}); the preset's demo data is not used. Clear the Training "
                     "data field and pick the preset again to train on its demo data.", title="Your data stays")
+        # The caption follows the data the run will read: the user's kept file and its split, not the preset's.
+        kept = (preset.config.replace(data=data, eval_data=eval_data or None) if data and not is_preset_data(data)
+                else preset.config)
         return {**values, self.card: card_markdown(preset),
                 self.method_note: self._method_note(preset.config.model, preset.config.method, preset.config),
-                self.eval_note: self._eval_note(preset.config)}
+                self.eval_note: self._eval_note(kept)}
 
     def method_note_for(self, model, method, lora_r, lora_target_modules, per_device_train_batch_size, max_length,
                         gradient_checkpointing) -> str:
@@ -254,7 +258,20 @@ class TrainTab:
 
     @staticmethod
     def _eval_note(cfg: RunConfig) -> str:
-        return f"Held-out pairs for evaluation: **{eval_source(cfg)}**."
+        """Which pairs the run will hold out, and how many: under SMALL_EVAL the accuracy is too coarse to trust."""
+        text = f"Held-out pairs for evaluation: **{eval_source(cfg)}**"
+        try:
+            n = held_out_count(web_data(cfg))
+        except StudioError:  # a file the web app may not read, or not readable yet: the Data tab says why
+            n = None
+        if n is None:
+            return text + "."
+        text += f": {n} pair{'' if n == 1 else 's'}."
+        if n < SMALL_EVAL:
+            text += (f" ⚠️ Fewer than {SMALL_EVAL}: one pair moves the held-out accuracy by "
+                     f"{100 / max(n, 1):.0f} points, so it is shown with its 95% interval. A held-out file or a "
+                     "larger eval fraction gives a usable accuracy.")
+        return text
 
     def eval_note_for(self, data, eval_data, eval_fraction, seed) -> str:
         try:
