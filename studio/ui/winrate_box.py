@@ -156,7 +156,7 @@ class WinRateBox(JobBox):
                                       interactive=False, wrap=True, max_height=500, label="Answers side by side",
                                       elem_id="winrate-table")
             gr.Markdown("**Read a labelled win-rate pool** (for pools labelled by people in the Grow pairs tab, or "
-                        "with `python -m studio label`).", elem_classes="ds-caption")
+                        "by a rubric or a judge).", elem_classes="ds-caption")
             with gr.Row(equal_height=True):
                 self.read_pool = gr.Dropdown(winrate_pools(), value=None, label="Win-rate pool", scale=4,
                                              allow_custom_value=True, elem_id="winrate-read-pool")
