@@ -50,7 +50,10 @@
     document.querySelectorAll(".token-remove:not(.remove-all)").forEach((b) => {
       const chip = b.closest(".token");
       const text = chip && chip.querySelector("span") ? chip.querySelector("span").innerText.trim() : "";
-      if (text && b.getAttribute("aria-label") !== `Remove ${text}`) b.setAttribute("aria-label", `Remove ${text}`);
+      if (text && b.getAttribute("aria-label") !== `Remove ${text}`) {
+        b.setAttribute("aria-label", `Remove ${text}`);
+        b.setAttribute("title", `Remove ${text}`);
+      }
     });
     document.querySelectorAll(".token-remove.remove-all:not([aria-label])").forEach((b) => b.setAttribute("aria-label", "Remove all"));
     // An empty plot's placeholder carries an aria-label on a bare div: give it the image role that label needs.
@@ -63,8 +66,24 @@
       if (text && b.getAttribute("aria-label") !== text) b.setAttribute("aria-label", text);
     });
   };
+  // The glossary (studio/ui/glossary.py): hover help on the smallest element that names a term.
+  const escapeRe = (s) => s.replace(/[.*+?^$()|[\]\\{}]/g, "\\$&");
+  const terms = Object.entries(window.DS_GLOSSARY || {}).map(([term, meaning]) =>
+    [new RegExp("(^|[^\\w])" + escapeRe(term) + "s?([^\\w]|$)", "i"), term + ": " + meaning + "."]);
+  const HOLDERS = '[data-testid="block-info"], [data-testid="block-label"], .info-text, label > span, .token > span, ' +
+    'th, .prose p, .prose li, .prose td, .prose strong, button[role="tab"], .ds-status span';
+  const explain = () => {
+    if (!terms.length) return;
+    document.querySelectorAll(HOLDERS).forEach((el) => {
+      if (el.dataset.dsTerms === el.textContent) return;  // already explained for this text
+      const found = terms.filter(([re]) => re.test(el.textContent)).map(([, text]) => text);
+      if (found.length) el.setAttribute("title", found.join("\n"));
+      else if (el.dataset.dsTerms !== undefined) el.removeAttribute("title");
+      el.dataset.dsTerms = el.textContent;
+    });
+  };
   let queued = false;
-  const later = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; fix(); }); } };
-  const start = () => { fix(); new MutationObserver(later).observe(document.body, { subtree: true, childList: true, characterData: true }); };
+  const later = () => { if (!queued) { queued = true; requestAnimationFrame(() => { queued = false; fix(); explain(); }); } };
+  const start = () => { fix(); explain(); new MutationObserver(later).observe(document.body, { subtree: true, childList: true, characterData: true }); };
   if (document.body) start(); else addEventListener("DOMContentLoaded", start);
 })();

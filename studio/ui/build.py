@@ -26,6 +26,7 @@ from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab
 from .data_tab import DataTab
+from .glossary import glossary_markdown, glossary_script
 from .label_tab import LabelTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
@@ -49,6 +50,8 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
     services = Services()  # owned by this app: the chat model and tokenizers it loads on demand
     with gr.Blocks(title="DPO Studio", fill_width=True, analytics_enabled=False) as demo:
         gr.Markdown(HEADER, elem_id="ds-header")
+        with gr.Accordion("What the words mean", open=False, elem_id="ds-glossary"):
+            gr.Markdown(glossary_markdown() + "\n\nHover over a term anywhere on the page for the same help.")
         if zerogpu.describe():
             gr.Markdown(zerogpu.describe(), elem_id="ds-zerogpu")
         if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
@@ -116,7 +119,7 @@ def launch_options() -> dict:
         "max_file_size": max_upload_bytes(),
         "theme": theme(),
         "css_paths": [ASSETS / "studio.css"],
-        "head": f"<script>{(ASSETS / 'studio.js').read_text(encoding='utf-8')}</script>",
+        "head": glossary_script() + f"<script>{(ASSETS / 'studio.js').read_text(encoding='utf-8')}</script>",
         "allowed_paths": [str(exports_dir())],
         "footer_links": ["api", "gradio"],
     }

@@ -24,12 +24,14 @@ from studio.training import TrainingJob
 from .common import duration, number, overlay, user_errors, user_message, when
 from .loop import lineage_markdown
 
-COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
-    "run": "run", "preset": "preset", "state": "state", "model": "model", "beta": "beta", "learning_rate": "lr",
+# Run.summary() key (model: with its method) -> column header, and the column widths. The state comes right after
+# the run id: on a phone (390 px) those two are what the first screen shows of the table.
+COLUMNS = {
+    "run": "run", "state": "state", "preset": "preset", "model": "model", "beta": "beta", "learning_rate": "lr",
     "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy", "eval_margins": "eval margin",
     "started": "started", "seconds": "time",
 }
-WIDTHS = ["275px", "135px", "85px", "150px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
+WIDTHS = ["230px", "85px", "135px", "150px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
 
 
 def runs_frame() -> pd.DataFrame:

@@ -23,7 +23,7 @@ from studio.label import (
 )
 from studio.pools import get_pool, list_pools
 from studio.rounds import lineage
-from studio.winrate import comparison_pool, measure
+from studio.winrate import comparison_pool, measure, ties_text
 
 from .common import Services, escape, user_errors
 from .loop import BASELINE, JobBox, answering_runs, lineage_markdown
@@ -84,9 +84,9 @@ def result_markdown(result: dict | None) -> str:
     if not result:
         return "No win rate measured yet."
     low, high = result["ci95"]
-    return (f"**Win rate of A over B: {result['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}, Wilson; ties count "
-            f"half) · **length-controlled: {result['lc_win_rate']:.3f}**\n\n"
-            f"{result['wins']} wins · {result['ties']} ties · {result['losses']} losses "
+    return (f"**Win rate of A over B: {result['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}, Wilson; ties and "
+            f"'both bad' count half) · **length-controlled: {result['lc_win_rate']:.3f}**\n\n"
+            f"{result['wins']} wins · {ties_text(result)} · {result['losses']} losses "
             f"on {result['pairs']} prompts, "
             f"decided by `{escape(result['labeller'])}` (pool `{result['pool']}`)\n\n"
             "| | model | mean words |\n| --- | --- | ---: |\n"
