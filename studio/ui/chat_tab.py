@@ -110,7 +110,8 @@ class ChatTab:
             # The conversation as the server holds it: a message sent while an answer streams waits in the queue
             # and is answered next, on the conversation as it then is (not as it was when it was typed).
             self.history = gr.State({"baseline": [], "tuned": []})
-            self.waiting = gr.State([])  # messages sent and not yet answered (mutated in place: no race)
+            # Messages sent from the page and not yet answered, and how many the page ever sent (mutated in place).
+            self.waiting = gr.State({"queue": [], "sent": 0})
             with gr.Row(equal_height=True, elem_id="chat-panes"):
                 self.baseline = gr.Chatbot(label="SFT baseline (adapter off)", elem_id="chat-baseline", height=440,
                                            feedback_options=None, buttons=["copy"])
@@ -143,17 +144,20 @@ class ChatTab:
         self._wire()
 
     def _wire(self) -> None:
-        # Nothing is lost: each Send takes the box's text at that moment (accept() clears the box and says what
-        # waits), and each answer is its own queued event, answered in order, one model generate at a time. Its
-        # own concurrency group, so the training timer and the other tabs' events keep answering meanwhile.
-        triggers = [self.send_btn.click, self.input.submit]
-        gr.on(triggers, self.accept, inputs=[self.input, self.waiting], outputs=[self.input, self.status],
-              api_visibility="private", show_progress="hidden", queue=False, trigger_mode="multiple")
-        answer = gr.on(triggers, self.send,
-                       inputs=[self.input, self.run, self.history, self.max_new_tokens, self.temperature, self.top_p,
-                               self.repetition_penalty, self.reference, self.waiting],
-                       outputs=[self.baseline, self.tuned, self.status, self.history], api_name="chat",
-                       concurrency_limit=1, concurrency_id="chat", show_progress="hidden", trigger_mode="multiple")
+        # Nothing is lost: each Send moves the box's text into this session's queue at once (accept, no queue: the
+        # box is free for the next message); then one answering event drains the queue in order, one model generate
+        # at a time. A Send while it runs is picked up by the running drain, or by the next one ("always_last": a
+        # second event instance would stream into the same outputs). Its own concurrency group, so the training
+        # timer and the other tabs' events keep answering meanwhile.
+        accepted = gr.on([self.send_btn.click, self.input.submit], self.accept, inputs=[self.input, self.waiting],
+                         outputs=[self.input, self.status], api_visibility="private", show_progress="hidden",
+                         queue=False, trigger_mode="multiple")
+        answer = accepted.then(self.send,
+                               inputs=[self.input, self.run, self.history, self.max_new_tokens, self.temperature,
+                                       self.top_p, self.repetition_penalty, self.reference, self.waiting],
+                               outputs=[self.baseline, self.tuned, self.status, self.history], api_name="chat",
+                               concurrency_limit=1, concurrency_id="chat", show_progress="hidden",
+                               trigger_mode="always_last")
         self.clear_btn.click(self.clear, inputs=self.waiting,
                              outputs=[self.baseline, self.tuned, self.status, self.history, self.budget],
                              api_name="clear_chat", concurrency_limit=None, cancels=[answer])
@@ -178,21 +182,23 @@ class ChatTab:
     def pane_label(self, run_id: str | None):
         return gr.Chatbot(label=f"DPO · {run_id}" if run_id else "DPO (the run's adapter on)")
 
-    def clear(self, waiting: list):
-        waiting.clear()
+    def clear(self, waiting: dict):
+        waiting["queue"].clear()
         return [], [], "", {"baseline": [], "tuned": []}, ""
 
-    def accept(self, message: str, waiting: list):
+    def accept(self, message: str, waiting: dict):
         """At once, on each Send: empty the box for the next message, and say that this one waits, or why not."""
         message = (message or "").strip()
         if not message:
             return gr.skip(), "Type a prompt first: the box is empty, so nothing was sent."
-        waiting.append(message)
-        if len(waiting) == 1:
+        queue = waiting["queue"]
+        queue.append(message)
+        waiting["sent"] += 1
+        if len(queue) == 1:
             return "", "Sending…"
         short = message if len(message) <= 60 else message[:57] + "…"
         return "", (f"Queued: “{short}” is answered when the answer in progress ends"
-                    + (f" ({len(waiting) - 1} messages wait)." if len(waiting) > 2 else "."))
+                    + (f" ({len(queue) - 1} messages wait)." if len(queue) > 2 else "."))
 
     def _model_of(self, run_id: str | None) -> str | None:
         try:
@@ -215,10 +221,24 @@ class ChatTab:
 
     def send(self, message, run_id, history, max_new_tokens, temperature, top_p, repetition_penalty=1.0,
              reference=False, waiting=None, request: gr.Request = None):
-        message = (message or "").strip()
+        """Answer every message waiting in the session's queue, oldest first (from the page), or `message` (from
+        the API, which sends no queue)."""
+        waiting = waiting if waiting is not None else {"queue": [], "sent": 0}
         history = history or {"baseline": [], "tuned": []}
-        if waiting is not None and message in waiting:
-            waiting.remove(message)
+        if not waiting["sent"]:  # an API call: its argument is the message
+            waiting["queue"].append(message or "")
+        if not waiting["queue"]:  # a drain that found the queue emptied by the one before: change nothing
+            yield {self.status: gr.skip()}  # (a generator that yields nothing would blank every output)
+            return
+        while waiting["queue"]:
+            message = waiting["queue"].pop(0)
+            yield from self._answer(message, run_id, history, max_new_tokens, temperature, top_p, repetition_penalty,
+                                    reference, waiting["queue"], request)
+
+    def _answer(self, message, run_id, history, max_new_tokens, temperature, top_p, repetition_penalty, reference,
+                waiting: list, request):
+        """One message answered by both panes; `history` (the session's) is updated in place when it is done."""
+        message = (message or "").strip()
         if not message:
             yield {self.status: "Type a prompt first: the box is empty, so nothing was sent."}
             return
@@ -293,6 +313,7 @@ class ChatTab:
                else precision_note(engine.precision))
         after = f" (first token after {first_token - started:.1f} s)" if first_token else ""
         queued = f" Next: {len(waiting)} waiting message{'s' if len(waiting) > 1 else ''}." if waiting else ""
+        history.update(baseline=base_history, tuned=tuned_history)
         yield {self.baseline: base_history, self.tuned: tuned_history,
                self.history: {"baseline": base_history, "tuned": tuned_history},
                self.status: f"Answered with run `{run.id}` in {took:.1f} s{after}; "
