@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install DPO Studio's CPU set-up (add --dev for the test tools, --gpu for Unsloth + bitsandbytes).
 #   bash setup.sh            # the app
-#   bash setup.sh --dev      # the app + pytest, Playwright and Debian's chromium for the browser test
+#   bash setup.sh --dev      # the app + pytest, Playwright, Debian's chromium and axe-core (npm) for the browser tests
 #   bash setup.sh --gpu      # the app + Unsloth / bitsandbytes on a CUDA machine (see requirements-gpu.txt)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,5 +33,11 @@ if ((dev)); then
     sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
     $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq chromium >/dev/null
   fi
+  # axe-core, the accessibility engine the browser tests inject into each tab (tests/test_a11y.py), from npm.
+  if ! command -v npm >/dev/null; then
+    sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+    $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq npm >/dev/null
+  fi
+  npm install --prefix .npm --no-audit --no-fund --silent axe-core@4.14.1
 fi
 echo "ready: .venv ($($py -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")'))"

@@ -182,7 +182,7 @@ def text_of(message: dict) -> str:
 def chat(client, run_id: str, tokens: int = 16) -> dict:  # 16: the Chat tab's least
     client.predict(None, api_name="/chat_runs")  # this session's run list, as the tab's refresh gives it
     started = time.time()
-    _, baseline, tuned, status = client.predict(PROMPT, run_id, [], [], tokens, 0, 0.9, api_name="/chat")
+    baseline, tuned, status = client.predict(PROMPT, run_id, tokens, 0, 0.9, api_name="/chat")
     return {"baseline": text_of(baseline[-1]) if baseline else "", "tuned": text_of(tuned[-1]) if tuned else "",
             "status": status, "seconds": round(time.time() - started, 1)}
 

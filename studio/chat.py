@@ -22,6 +22,9 @@ from .generation import GenerationSettings, defaults
 from .models import NO_ADAPTER as BASE, attach_adapter, chat_dtype, chat_ids, load_base
 
 
+# What the Chat tab starts with, and what an exported Modelfile carries so Ollama answers the same way.
+
+
 class _RowStreamer:
     """A transformers streamer for a batch: queues each step's new token per row."""
 
@@ -149,10 +152,31 @@ class ChatEngine:
 
     def stream_pair(self, baseline: list[dict], tuned: list[dict], adapter: str,
                     settings: GenerationSettings | None = None,
-                    finished: list[bool] | None = None) -> Iterator[tuple[str, str]]:
-        """The SFT baseline (adapter off) and the DPO model (adapter on), answering in one batch."""
-        for texts in self.stream([baseline, tuned], [None, adapter], settings, finished):
-            yield texts[0], texts[1]
+                    finished: list[bool] | None = None, one_row: bool = False) -> Iterator[tuple[str, str]]:
+        """The SFT baseline (adapter off) and the DPO model (adapter on), answering in one batch.
+
+        one_row: each answer in a batch of its own, one after the other (the reference answer: in an fp32 engine
+        it is, token for token, what the merged export gives; a batch pads rows and may round differently).
+        """
+        if not one_row:
+            for texts in self.stream([baseline, tuned], [None, adapter], settings, finished):
+                yield texts[0], texts[1]
+            return
+        ends: list[bool] = []
+        base_text = ""
+        for rows in (([baseline], [None]), ([tuned], [adapter])):
+            done: list[bool] = []
+            for texts in self.stream(*rows, settings, done):
+                yield (texts[0], "") if not ends else (base_text, texts[0])
+                if not ends:
+                    base_text = texts[0]
+            ends.extend(done or [True])
+        if finished is not None:
+            finished[:] = ends
+
+    @property
+    def precision(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     def answer(self, messages: list[dict], adapter: str | None = None,
                settings: GenerationSettings | None = None) -> str:

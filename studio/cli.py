@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="run id or run folder")
     export.add_argument("--format", required=True, choices=("adapter", "merged", "gguf"),
                         help="adapter: PEFT folder; merged: 16-bit transformers model; gguf: llama.cpp/Ollama file")
-    export.add_argument("--quant", default="f16", choices=("f16", "q8_0"), help="GGUF tensor type (default f16)")
+    export.add_argument("--quant", choices=("f16", "q8_0"), help="GGUF tensor type (default f16; gguf only)")
     export.add_argument("--out", help="the export folder: new, empty, or an earlier export "
                                       "(default STUDIO_HOME/exports/<run-id>/<format>[-<quant>])")
     export.add_argument("--json", action="store_true", help="print the export record as one JSON object")

@@ -48,3 +48,7 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, FileNotFoundError):
         return str(error)
     return None
+
+
+class PromptError(StudioError, ValueError):
+    """A chat prompt that cannot be answered as typed (empty, or longer than the model reads)."""

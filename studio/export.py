@@ -2,7 +2,7 @@
 
     from studio.export import export_run, list_exports, zip_adapter
     export_run(run, "merged")              # -> a record; files under STUDIO_HOME/exports/<run-id>/merged/
-    export_run(run, "gguf", quant="q8_0")  # -> .../gguf-q8_0/<run-id>-q8_0.gguf + Modelfile
+    export_run(run, "gguf", quant="q8_0")  # -> .../gguf-q8_0/<base>-<objective>-<run-id>-q8_0.gguf + Modelfile
     list_exports(run)                      # every export of the run: format, path, size, time
     zip_adapter(run)                       # <run-id>-adapter.zip to download from the web app
 
@@ -14,6 +14,7 @@ folder's exports.json lists every export of that run.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -77,16 +78,32 @@ def zip_adapter(run: Run, out_dir: Path | None = None) -> Path:
 # --- exports ---------------------------------------------------------------------------------
 
 
-def default_target(run: Run, fmt: str, quant: str = "f16") -> Path:
-    return exports_dir() / run.id / (f"gguf-{quant}" if fmt == "gguf" else fmt)
+def default_target(run: Run, fmt: str, quant: str | None = "f16") -> Path:
+    return exports_dir() / run.id / (f"gguf-{quant or 'f16'}" if fmt == "gguf" else fmt)
 
 
-def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quant: str = "f16",
+def model_name(run: Run) -> str:
+    """`<base>-<objective>-<run-id>`: what a GGUF file and its general.name are called, so the file says what it is."""
+    from .hub import base_hub_id
+    from .models import EMBEDDED_NAME, is_embedded
+
+    spec = str(run.read_config_raw().get("model", "embedded"))
+    base = EMBEDDED_NAME if is_embedded(spec) else (base_hub_id(run) or Path(spec).name)
+    base = base.rsplit("/", 1)[-1]
+    objective = str(run.read_config_raw().get("objective") or "dpo")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{base}-{objective}-{run.id}")
+
+
+def gguf_name(run: Run, quant: str) -> str:
+    return f"{model_name(run)}-{quant}.gguf"
+
+
+def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quant: str | None = None,
                progress: Progress = None, should_stop: ShouldStop = None) -> dict:
     """Write one export of a run's adapter and return its record (also added to the run's exports.json).
 
     fmt: "adapter" (PEFT folder), "merged" (16-bit safetensors + tokenizer, plain transformers) or
-    "gguf" (quant "f16" or "q8_0", with an Ollama Modelfile). out_dir: the export folder itself
+    "gguf" (quant "f16" (the default) or "q8_0", with an Ollama Modelfile); a quant with another format is refused. out_dir: the export folder itself
     (default STUDIO_HOME/exports/<run-id>/<format>[-<quant>]); it must be new, empty, or an earlier export.
     A stop leaves no export behind and returns a record with state "stopped".
     """
@@ -94,12 +111,16 @@ def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quan
     run = run if isinstance(run, Run) else get_run(run)
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if fmt != "gguf" and quant is not None:
+        raise ConfigError(f"--quant {quant} applies to the gguf format only; a {fmt} export keeps the weights' own "
+                          f"type. Leave --quant out, or use --format gguf.")
+    quant = quant or "f16" if fmt == "gguf" else None
     if fmt == "gguf" and quant not in QUANTS:
         raise ConfigError(f"Unknown GGUF quantization {quant!r}; choose one of {', '.join(QUANTS)}.")
     if not run.has_adapter:
         raise ModelError(f"Run {run.id} has no saved adapter (state: {run.state}), so there is nothing to export.")
     target = Path(out_dir).expanduser().resolve() if out_dir else default_target(run, fmt, quant)
-    check_target(target)
+    check_target(target, fmt, quant)
     started = time.time()
     tmp = staging_folder(target)
     try:
@@ -132,8 +153,9 @@ def export_run(run: Run | str, fmt: str, out_dir: str | Path | None = None, quan
     return record
 
 
-def check_target(target: Path) -> None:
-    """Refuse to write over a file, or into a folder holding things that are not an earlier export of ours."""
+def check_target(target: Path, fmt: str | None = None, quant: str | None = None) -> None:
+    """Refuse to write over a file, into a folder holding things that are not an earlier export of ours, or over
+    an earlier export of another format (replacing a GGUF with a merged folder would lose it without a word)."""
     if target.exists() and not target.is_dir():
         raise AccessError(f"{target} is a file; give --out a folder (new, empty, or an earlier export).")
     if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
@@ -141,6 +163,18 @@ def check_target(target: Path) -> None:
             f"{target} is not empty and is not an earlier DPO Studio export (it has no {MARKER}); "
             f"choose a new or empty folder so nothing of yours is overwritten."
         )
+    if fmt is not None and (target / MARKER).is_file():
+        try:
+            earlier = json.loads((target / MARKER).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            earlier = {}
+        was = (earlier.get("format"), earlier.get("quant") if earlier.get("format") == "gguf" else None)
+        if was != (fmt, quant if fmt == "gguf" else None):
+            def kind(f, q):
+                return f"{f} ({q})" if q else str(f)
+            raise AccessError(f"{target} holds the {kind(*was)} export of run {earlier.get('run', '?')}; this export is "
+                              f"{kind(fmt, quant if fmt == 'gguf' else None)}. --out may replace an export of the "
+                              f"same format only: choose another folder, or delete that one first.")
 
 
 def remember(run: Run, entry: dict) -> None:
@@ -251,14 +285,31 @@ def _write_gguf(run: Run, out: Path, quant: str, progress: Progress, should_stop
     if merged is None:
         return None
     model, tokenizer, notes = merged
-    name = f"{run.id}-{quant}.gguf"
+    name = gguf_name(run, quant)
     with tempfile.TemporaryDirectory() as tok_dir:
         tokenizer.save_pretrained(tok_dir)  # gguf.SpecialVocab reads merges, special ids and the template from files
-        info = write_gguf(model, tokenizer, Path(tok_dir), out / name, quant, pre, name=run.id,
-                          license=base_license(run), progress=progress, should_stop=should_stop)
+        info = write_gguf(model, tokenizer, Path(tok_dir), out / name, quant, pre, name=model_name(run),
+                          license=base_license(run), base=base_metadata(run), progress=progress,
+                          should_stop=should_stop)
     if info is None:
         return None
-    text, modelfile_notes = modelfile_text(tokenizer, name)
+    text, modelfile_notes = modelfile_text(tokenizer, name, context=model.config.max_position_embeddings,
+                                           license=base_license(run))
     (out / "Modelfile").write_text(text, encoding="utf-8")
     (out / "README.md").write_text(model_card(run, "gguf", gguf_name=name), encoding="utf-8")
     return {"gguf": name, "notes": notes + modelfile_notes, **info}
+
+
+def base_metadata(run: Run) -> dict:
+    """GGUF's general.basename / general.finetune / general.base_model.0.*: the model this export was tuned from."""
+    from .hub import base_hub_id
+    from .models import EMBEDDED_NAME, is_embedded
+
+    raw = run.read_config_raw()
+    spec = str(raw.get("model", "embedded"))
+    hub_id = base_hub_id(run)
+    name = EMBEDDED_NAME if is_embedded(spec) else (hub_id or Path(spec).name).rsplit("/", 1)[-1]
+    out = {"basename": name, "finetune": str(raw.get("objective") or "dpo"), "base_name": name}
+    if hub_id:
+        out.update(base_organization=hub_id.split("/", 1)[0], base_repo_url=f"https://huggingface.co/{hub_id}")
+    return out

@@ -162,7 +162,9 @@ def fill_pool(pool: Pool, sources: list[Source], convs: list[list[dict]], k: int
             raise ConfigError(f"This engine holds {engine.model_spec!r}, not {sources[0].model!r}.")
         adapters = [engine.attach(s.adapter_dir, s.run) if s.run else None for s in sources]
         per_prompt = k * len(sources)
-        step = max(1, batch_size // per_prompt)  # prompts per generate call
+        # Prompts per generate call: as many as fit batch_size rows, but at least four calls, so the progress
+        # moves (4 prompts in one call sat at "0/4 prompts" until all were answered).
+        step = max(1, min(batch_size // per_prompt, -(-len(convs) // 4)))
         total, done = len(convs), 0
         if progress:
             progress("generating", 0, total)

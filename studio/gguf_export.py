@@ -20,6 +20,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from .errors import ModelError
+from .generation import DEFAULTS
 
 QUANTS = ("f16", "q8_0")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -83,7 +84,7 @@ def check_tokenizer(tokenizer) -> str:
 
 
 def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, quant: str, pre: str, name: str = "",
-               license: str | None = None, progress: Progress = None,
+               license: str | None = None, base: dict | None = None, progress: Progress = None,
                should_stop: Callable[[], bool] | None = None) -> dict | None:
     """Write `model` (a merged LlamaForCausalLM) to `path`. Returns a summary, or None when stopped."""
     import gguf
@@ -106,6 +107,18 @@ def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, quant: str, pr
         writer.add_name(name)
     if license:
         writer.add_license(license)
+    base = base or {}
+    if base.get("basename"):
+        writer.add_basename(base["basename"])
+    if base.get("finetune"):
+        writer.add_finetune(base["finetune"])
+    if base.get("base_name"):  # the model it was tuned from, as llama.cpp's converter records it
+        writer.add_base_model_count(1)
+        writer.add_base_model_name(0, base["base_name"])
+        if base.get("base_organization"):
+            writer.add_base_model_organization(0, base["base_organization"])
+        if base.get("base_repo_url"):
+            writer.add_base_model_repo_url(0, base["base_repo_url"])
     writer.add_context_length(hp["max_position_embeddings"])
     writer.add_embedding_length(hp["hidden_size"])
     writer.add_block_count(n_layer)
@@ -242,8 +255,14 @@ def ollama_template(tokenizer) -> dict:
     return {"template": _CHATML_TEMPLATE, "system": system, "stop": stops}
 
 
-def modelfile_text(tokenizer, gguf_name: str) -> tuple[str, list[str]]:
-    """The Modelfile for a GGUF beside it, and notes on what it could not carry."""
+def modelfile_text(tokenizer, gguf_name: str, context: int | None = None, license: str | None = None,
+                   sampling=None) -> tuple[str, list[str]]:
+    """The Modelfile for a GGUF beside it, and notes on what it could not carry.
+
+    `sampling` (a GenerationSettings; default the chat tab's) becomes PARAMETER lines, so Ollama answers as the
+    studio showed: greedy (temperature 0) unless the studio sampled. Without them Ollama samples at its own defaults.
+    """
+    sampling = sampling or DEFAULTS["chat_tab"]
     t = ollama_template(tokenizer)
     lines = ["# Ollama Modelfile written by DPO Studio. Use: ollama create NAME -f Modelfile", f"FROM ./{gguf_name}"]
     notes = []
@@ -256,4 +275,17 @@ def modelfile_text(tokenizer, gguf_name: str) -> tuple[str, list[str]]:
         lines.append(f'SYSTEM """{t["system"]}"""')
     for stop in t["stop"]:
         lines.append(f'PARAMETER stop "{stop}"')
+    lines.append(f"PARAMETER temperature {sampling.temperature:g}")
+    lines.append(f"PARAMETER top_p {sampling.top_p:g}")
+    lines.append(f"PARAMETER seed {sampling.seed}")
+    # Ollama looks back 64 tokens for the penalty by default; transformers, as the studio runs it, over the whole text.
+    lines.append(f"PARAMETER repeat_penalty {sampling.repetition_penalty:g}")
+    lines.append("PARAMETER repeat_last_n -1")
+    lines.append(f"PARAMETER num_predict {sampling.max_new_tokens}")
+    if context:
+        lines.append(f"PARAMETER num_ctx {int(context)}")
+    if license:
+        lines.append(f'LICENSE """{license}"""')
+    else:
+        notes.append("The base model's licence is not known here, so the Modelfile has no LICENSE line.")
     return "\n".join(lines) + "\n", notes

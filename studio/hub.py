@@ -51,7 +51,7 @@ def push_to_hub(run: Run | str, repo_id: str, what: str = "adapter", token: str 
     reason = _offline_reason()
     if reason:
         raise ModelError(f"Cannot push to the hub: {reason}. Export the {what} locally instead "
-                         f"(python -m studio export {run.id} --format {what}) and upload it where the hub is reachable.")
+                         f"(Export in the Runs tab, or the CLI's export command) and upload it where the hub is reachable.")
     token = token or os.environ.get("HF_TOKEN") or _stored_token()
     if not token:
         raise AccessError("No Hugging Face token: set HF_TOKEN, or enter a write token in the token field.")

@@ -70,8 +70,18 @@ def holder() -> dict | None:
 
 
 def _busy_message(info: dict) -> str:
-    where = "" if info.get("pid") == os.getpid() else f" in another process (pid {info.get('pid')})"
-    return f"A job is already running{where}: {info.get('title')} ({info.get('state', 'running')}). Stop it first."
+    if info.get("pid") == os.getpid():
+        return f"A job is already running: {info.get('title')} ({info.get('state', 'running')}). Stop it first."
+    # Another process's lock file is a snapshot taken when it claimed the slot: its state there would be stale.
+    return f"A job is already running in another process (pid {info.get('pid')}): {info.get('title')}. Stop it first."
+
+
+def _describe_holder(job: "Job") -> None:
+    """Rewrite the lock file with the job's description once `before_start` has named it (a run id, not '(not started)')."""
+    with _lock:
+        if _active is job and _fd is not None:
+            os.ftruncate(_fd, 0)
+            os.pwrite(_fd, json.dumps(job.describe()).encode(), 0)
 
 
 def _acquire(job: "Job") -> None:
@@ -169,6 +179,7 @@ class Job:
         try:
             self.started_at = time.time()
             self.before_start()
+            _describe_holder(self)
         except BaseException:
             _release(self)
             raise

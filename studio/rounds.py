@@ -221,3 +221,15 @@ def self_improve_round(preset_name: str = "self-improve-cpu", progress=None, sho
                           for c in heldout.candidates()]
     return report
 
+
+
+FEW_PAIRS = 16  # below this many labelled pairs a round is warned about: DPO learns little from a handful
+
+
+def few_pairs_warning(pairs: int) -> str | None:
+    """A warning for a round trained on only a handful of labelled pairs (None when there are enough)."""
+    if pairs >= FEW_PAIRS:
+        return None
+    return (f"Only {pairs} labelled pair{'s' if pairs != 1 else ''} to train on: DPO learns little from so few (the "
+            f"demo presets train on 170), and the round may not differ from its parent. Label more pairs (at least "
+            f"{FEW_PAIRS}), or tick 'Also train on the Train tab's data'.")

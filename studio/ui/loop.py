@@ -329,6 +329,13 @@ class NextRoundBox(JobBox):
                                 include_original=bool(include_original), labeller=labeller,
                                 feedback=feedback or "pairs")
         check_sources(cfg)
+        if not include_original:
+            from studio.rounds import few_pairs_warning
+
+            with open(cfg.data, encoding="utf-8") as f:
+                warning = few_pairs_warning(sum(1 for line in f if line.strip()))
+            if warning:
+                gr.Warning(warning, title="Few pairs")
         return self.launch(TrainingJob(cfg, preset=preset if preset in preset_names() else None,
                                        label=f"round{cfg.round}"))
 

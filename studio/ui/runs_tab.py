@@ -7,12 +7,15 @@ Everything is read from the run folders (`Run.summary()`), nothing is cached.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
 from studio.access import require_user
 from studio import jobs, refcache
-from studio.export import export_run, list_exports, zip_adapter
+from studio.errors import AccessError
+from studio.export import MARKER, export_run, exports_dir, list_exports, zip_adapter
 from studio.hub import push_to_hub
 from studio.files import check_data_source
 from studio.runs import delete_run, get_run, list_runs
@@ -21,13 +24,15 @@ from studio.training import TrainingJob
 from .common import duration, number, overlay, user_errors, when
 from .loop import lineage_markdown
 
-COLUMNS = {  # Run.summary() key (model: with its method) -> column header, and the column widths
-    "run": "run", "preset": "preset", "state": "state", "model": "model", "objective": "objective", "beta": "beta",
-    "learning_rate": "lr",
-    "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy", "eval_margins": "eval margin",
-    "started": "started", "seconds": "time",
+# Run.summary() key (model: with its method) -> column header, and the column widths. The state comes right after
+# the run id: on a phone (390 px) those two are what the first screen shows of the table.
+COLUMNS = {
+    "run": "run", "state": "state", "preset": "preset", "model": "model", "objective": "objective", "beta": "beta",
+    "learning_rate": "lr", "step": "steps", "loss": "loss", "margins": "margin", "accuracy": "accuracy",
+    "eval_margins": "eval margin", "started": "started", "seconds": "time",
 }
-WIDTHS = ["275px", "135px", "85px", "150px", "80px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px", "65px"]
+WIDTHS = ["230px", "85px", "135px", "150px", "80px", "55px", "75px", "60px", "70px", "70px", "95px", "110px", "110px",
+          "65px"]
 
 
 def runs_frame() -> pd.DataFrame:
@@ -53,21 +58,54 @@ def refcache_markdown() -> str:
             "reuse them instead of running the base model over the data again.")
 
 
-def resume_state(run_id: str | None) -> tuple[gr.Button, str]:
-    """The Resume button, enabled only for a run that can go on from a checkpoint, and the line saying why (not)."""
+def resume_info(run_id: str | None) -> tuple[bool, str]:
+    """Whether the run can go on from a checkpoint, and the line saying why (not)."""
     if not run_id:
-        return gr.Button(interactive=False), ""
+        return False, ""
     try:
         run = get_run(run_id)
     except FileNotFoundError:
-        return gr.Button(interactive=False), ""
+        return False, ""
     refusal = run.resume_refusal()
     if refusal is not None:
-        return gr.Button(interactive=False), f"Resume: {refusal}"
+        return False, f"Resume: {refusal}"
     progress, (_, step) = run.progress(), run.checkpoint()
-    return gr.Button(interactive=True), (f"Run {run.id} is {progress['state']} at step {progress['step']}/"
-                                         f"{progress['total_steps'] or '?'}: **Resume run** goes on from its checkpoint "
-                                         f"at step {step}, with its own settings, in its own folder.")
+    return True, (f"Run {run.id} is {progress['state']} at step {progress['step']}/{progress['total_steps'] or '?'}: "
+                  f"**Resume run** goes on from its checkpoint at step {step}, with its own settings, in its own folder.")
+
+
+def resume_state(run_id: str | None) -> tuple[gr.Button, str]:
+    """The Resume button, enabled only for a run that can go on from a checkpoint, and the line saying why (not).
+    (An update for handlers only: a gr.Button made while the tab is laid out would be a button on the page.)"""
+    ok, note = resume_info(run_id)
+    return gr.Button(interactive=ok), note
+
+
+# The exports a browser can download, one file list per kind (file names repeat across kinds: README.md, Modelfile).
+DOWNLOAD_KINDS = (("adapter", None, "adapter (PEFT folder)"), ("merged", None, "merged model (16-bit safetensors)"),
+                  ("gguf", "f16", "GGUF f16 + Modelfile"), ("gguf", "q8_0", "GGUF q8_0 + Modelfile"))
+
+
+def export_files(run_id: str | None) -> list[list[str]]:
+    """For each kind in DOWNLOAD_KINDS, the files of the run's newest export of it under STUDIO_HOME/exports
+    (the folder the app serves files from; an export written elsewhere with --out is not offered)."""
+    out: list[list[str]] = [[] for _ in DOWNLOAD_KINDS]
+    if not run_id:
+        return out
+    try:
+        records = list_exports(get_run(run_id))
+    except FileNotFoundError:
+        return out
+    root = exports_dir().resolve()
+    for i, (fmt, quant, _) in enumerate(DOWNLOAD_KINDS):
+        for r in records:  # newest first
+            if r.get("format") != fmt or (quant and r.get("quant") != quant) or not r.get("exists"):
+                continue
+            folder = Path(r["path"]).resolve()
+            if root in folder.parents:
+                out[i] = [str(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER]
+            break
+    return out
 
 
 def exports_frame(run_id: str | None) -> pd.DataFrame:
@@ -98,9 +136,8 @@ class RunsTab:
                 self.selected = gr.Dropdown(ids, value=ids[0] if ids else None, label="Selected run", scale=4,
                                             elem_id="runs-selected")
                 self.download_btn = gr.Button("Download adapter (.zip)", scale=1, elem_id="runs-download")
-                resumable, note = resume_state(ids[0] if ids else None)
-                self.resume_btn = gr.Button("Resume run", scale=1, elem_id="runs-resume",
-                                            interactive=resumable.interactive)
+                resumable, note = resume_info(ids[0] if ids else None)
+                self.resume_btn = gr.Button("Resume run", scale=1, elem_id="runs-resume", interactive=resumable)
                 self.delete_btn = gr.Button("Delete run…", variant="stop", scale=1, elem_id="runs-delete")
             self.lineage = gr.Markdown(lineage_markdown(ids[0] if ids else None), elem_id="runs-lineage")
             self.resume_note = gr.Markdown(note, elem_classes="ds-caption", elem_id="runs-resume-note")
@@ -112,13 +149,14 @@ class RunsTab:
                     self.cancel_btn = gr.Button("Cancel")
             with gr.Accordion("Export the selected run", open=False, elem_id="runs-export-box"):
                 gr.Markdown("**adapter**: the PEFT folder · **merged**: the adapter merged into 16-bit weights, "
-                            "loadable with transformers alone · **gguf**: one file for llama.cpp and Ollama, with a "
-                            "Modelfile. Exports run on the job slot (not beside a training) and land under "
-                            "STUDIO_HOME/exports/.", elem_classes="ds-caption")
+                            "loadable with transformers alone · **gguf**: one file for Ollama, llama.cpp and LM Studio, "
+                            "with an Ollama Modelfile (the chat's greedy settings, the context, the licence). Exports "
+                            "wait for a training to end, and every file is listed below to download.",
+                            elem_classes="ds-caption")
                 with gr.Row(equal_height=True):
                     self.export_format = gr.Radio(["adapter", "merged", "gguf"], value="merged", label="Format",
                                                   elem_id="runs-export-format")
-                    self.export_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type",
+                    self.export_quant = gr.Radio(["f16", "q8_0"], value="f16", label="GGUF type", visible=False,
                                                  elem_id="runs-export-quant")
                     self.export_btn = gr.Button("Export", variant="primary", elem_id="runs-export")
                 with gr.Row(equal_height=True):
@@ -128,6 +166,10 @@ class RunsTab:
                     self.push_btn = gr.Button("Push to the Hub", elem_id="runs-push", scale=1)
                 self.exports = gr.Dataframe(exports_frame(ids[0] if ids else None), interactive=False,
                                             label="Exports of this run", elem_id="runs-exports")
+                # Gradio's own download links (name, size, link per file), from STUDIO_HOME/exports only.
+                self.downloads = [gr.File(label=f"Download: {label}", file_count="multiple", interactive=False,
+                                          visible=False, elem_id=f"runs-download-{fmt}{'-' + quant if quant else ''}")
+                                  for fmt, quant, label in DOWNLOAD_KINDS]
             with gr.Accordion("Reference log-prob cache", open=False, elem_id="runs-refcache-box"):
                 gr.Markdown("DPO and KTO score every training answer with the frozen base model once, before the "
                             "first step, and keep the scores under STUDIO_HOME/refcache, keyed by the model's files, "
@@ -159,20 +201,32 @@ class RunsTab:
         self.download_btn.click(self.download, inputs=self.selected, outputs=self.zip_file, api_name="download_adapter")
         self.selected.change(resume_state, inputs=self.selected, outputs=[self.resume_btn, self.resume_note],
                              api_name="resume_state", show_progress="hidden", concurrency_limit=None)
-        self.resume_btn.click(self.resume, inputs=[self.selected, self.compare],
-                              outputs=self.refresh_outputs, api_name="resume_run", concurrency_limit=None)
+        # Said at once (before the checks and the start, which take a moment), then the outcome.
+        self.resume_btn.click(lambda run_id: (gr.Button(interactive=False), f"Resuming run {run_id}…"),
+                              inputs=self.selected, outputs=[self.resume_btn, self.resume_note], queue=False,
+                              api_visibility="private", show_progress="hidden")
+        self.resumed = self.resume_btn.click(self.resume, inputs=[self.selected, self.compare],
+                                             outputs=self.refresh_outputs, api_name="resume_run",
+                                             concurrency_limit=None, show_progress="hidden")
         self.delete_btn.click(self.ask_delete, inputs=self.selected, outputs=[self.confirm_box, self.confirm_text],
                               api_visibility="private")
         self.cancel_btn.click(lambda: gr.Group(visible=False), outputs=self.confirm_box, api_visibility="private")
         self.selected.change(exports_frame, inputs=self.selected, outputs=self.exports, api_name="run_exports",
                              show_progress="hidden", concurrency_limit=None)
+        self.selected.change(self.download_lists, inputs=self.selected, outputs=self.downloads,
+                             api_name="export_downloads", show_progress="hidden", concurrency_limit=None)
         self.selected.change(lineage_markdown, inputs=self.selected, outputs=self.lineage, api_name="run_lineage",
                              show_progress="hidden", concurrency_limit=None)
         # A zip link belongs to the run it was made for: another pick hides it.
         self.selected.change(lambda: gr.File(value=None, visible=False), outputs=self.zip_file,
                              api_visibility="private", show_progress="hidden", queue=False)
+        self.export_format.change(lambda fmt: gr.Radio(visible=fmt == "gguf"), inputs=self.export_format,
+                                  outputs=self.export_quant, queue=False, api_visibility="private",
+                                  show_progress="hidden")
         self.export_btn.click(self.export, inputs=[self.selected, self.export_format, self.export_quant],
-                              outputs=self.exports, api_name="export_run", concurrency_limit=1, concurrency_id="export")
+                              outputs=self.exports, api_name="export_run", concurrency_limit=1, concurrency_id="export"
+                              ).then(self.download_lists, inputs=self.selected, outputs=self.downloads,
+                                     api_visibility="private", show_progress="hidden")
         self.push_btn.click(self.push, inputs=[self.selected, self.push_repo, self.push_token], outputs=self.exports,
                             api_name="push_run", concurrency_limit=1, concurrency_id="export")
         self.confirm_btn.click(self.delete, inputs=[self.selected, self.compare],
@@ -193,6 +247,9 @@ class RunsTab:
     def connect(self, train) -> None:
         train.runs_changed.change(self.refresh, inputs=[self.selected, self.compare], outputs=self.refresh_outputs,
                                   api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        # A resumed run shows on the Train tab at once, not at its next idle look (5-15 s later).
+        self.resumed.success(train.poll, inputs=train.view, outputs=train.poll_outputs, api_visibility="private",
+                             show_progress="hidden", concurrency_limit=None)
 
     # --- handlers ---
     def refresh(self, selected: str | None, compare: list[str] | None):
@@ -216,8 +273,10 @@ class RunsTab:
                 check_data_source(source)
         job = TrainingJob.resume(run)  # refused here when it is done, running, diverged or lost its data
         job.start()
-        gr.Info(f"Resuming run {run_id} from step {job.step} of {job.total_steps or '?'}; the Train tab follows it.")
-        return self.refresh(run_id, compare)
+        said = f"Resuming run {run_id} from step {job.step} of {job.total_steps or '?'}: the Train tab follows it."
+        gr.Info(said)
+        *out, _ = self.refresh(run_id, compare)  # not resume_state's line: it would call the live run "still loading"
+        return (*out, said)
 
     @user_errors("Cannot export")
     def export(self, run_id: str | None, fmt: str, quant: str, progress=gr.Progress(), request: gr.Request = None):
@@ -228,12 +287,22 @@ class RunsTab:
             def report(phase, done=0, total=None):
                 job.report(phase, done, total)
                 progress((done, total) if total else None, desc=phase)
-            return export_run(run, fmt, quant=quant, progress=report, should_stop=job.stopping)
+            return export_run(run, fmt, quant=quant if fmt == "gguf" else None, progress=report,
+                              should_stop=job.stopping)
 
         record = jobs.run("export", f"exporting {run.id} as {fmt}", work)
         gr.Info(f"Exported {run.id} as {fmt}: {record['path']} ({record['bytes'] / 2**20:.1f} MiB in "
-                f"{record['seconds']:.0f} s).")
+                f"{record['seconds']:.0f} s); its files are listed below to download.")
         return exports_frame(run_id)
+
+    def download_lists(self, run_id: str | None, request: gr.Request = None) -> list:
+        """One file list per export kind, each shown only when it has files. Downloads are exports: who may not
+        export sees none (the one place to gate them)."""
+        try:
+            require_user(request, "download exports")
+        except AccessError:
+            return [gr.File(value=None, visible=False) for _ in DOWNLOAD_KINDS]
+        return [gr.File(value=files or None, visible=bool(files)) for files in export_files(run_id)]
 
     @user_errors("Cannot push")
     def push(self, run_id: str | None, repo: str, token: str, progress=gr.Progress(), request: gr.Request = None):

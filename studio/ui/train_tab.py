@@ -228,12 +228,14 @@ class TrainTab:
             # The user's own file (checked in the Data tab or typed): a preset never swaps it out silently.
             values[self.fields["data"]] = data
             values[self.fields["eval_data"]] = eval_data or ""
-            gr.Info(f"Kept your training data ({data}); the preset's demo data is not used. Clear the Training "
-                    "data field and pick the preset again to train on its demo data.", title="Your data stays")
+            # Said in the preset's card, not in a toast: the select event can fire twice (two toasts), and on a
+            # phone a toast covered the tab bar.
+            note = (f"**Your data stays.** Kept your training data ({Path(data).name}); the preset's demo data is not "
+                    "used. Clear the Training data field and pick the preset again to train on its demo data.\n\n")
         # The caption follows the data the run will read: the user's kept file and its split, not the preset's.
-        kept = (preset.config.replace(data=data, eval_data=eval_data or None) if data and not is_preset_data(data)
-                else preset.config)
-        return {**values, self.card: card_markdown(preset),
+        own = data and not is_preset_data(data)
+        kept = preset.config.replace(data=data, eval_data=eval_data or None) if own else preset.config
+        return {**values, self.card: (note if own else "") + card_markdown(preset),
                 self.method_note: self._method_note(preset.config.model, preset.config.method, preset.config),
                 self.eval_note: self._eval_note(kept)}
 

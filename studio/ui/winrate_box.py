@@ -22,7 +22,7 @@ from studio.label import (
 )
 from studio.pools import get_pool, list_pools
 from studio.rounds import lineage
-from studio.winrate import comparison_pool, measure
+from studio.winrate import comparison_pool, measure, ties_text
 
 from .common import Services, escape, user_errors
 from .form import generation_from_widgets, generation_widget
@@ -85,9 +85,9 @@ def result_markdown(result: dict | None) -> str:
     if not result:
         return "No win rate measured yet."
     low, high = result["ci95"]
-    return (f"**Win rate of A over B: {result['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}, Wilson; ties count "
-            f"half) · **length-controlled: {result['lc_win_rate']:.3f}**\n\n"
-            f"{result['wins']} wins · {result['ties']} ties · {result['losses']} losses "
+    return (f"**Win rate of A over B: {result['win_rate']:.3f}** (95% CI {low:.3f}–{high:.3f}, Wilson; ties and "
+            f"'both bad' count half) · **length-controlled: {result['lc_win_rate']:.3f}**\n\n"
+            f"{result['wins']} wins · {ties_text(result)} · {result['losses']} losses "
             f"on {result['pairs']} prompts, "
             f"decided by `{escape(result['labeller'])}` (pool `{result['pool']}`)\n\n"
             "| | model | mean words |\n| --- | --- | ---: |\n"
@@ -156,7 +156,7 @@ class WinRateBox(JobBox):
                                       interactive=False, wrap=True, max_height=500, label="Answers side by side",
                                       elem_id="winrate-table")
             gr.Markdown("**Read a labelled win-rate pool** (for pools labelled by people in the Grow pairs tab, or "
-                        "with `python -m studio label`).", elem_classes="ds-caption")
+                        "by a rubric or a judge).", elem_classes="ds-caption")
             with gr.Row(equal_height=True):
                 self.read_pool = gr.Dropdown(winrate_pools(), value=None, label="Win-rate pool", scale=4,
                                              allow_custom_value=True, elem_id="winrate-read-pool")
