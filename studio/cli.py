@@ -34,7 +34,7 @@ from pathlib import Path
 from .backends import early_import
 from .config import RunConfig, apply_overrides, choices_of, fields_of, load_preset, meta, preset_names
 from .data import Columns, load_preferences
-from .data.findings import KINDS
+from .data.findings import KINDS, SMALL_EVAL, wilson
 from .distributed import is_main, world_size
 from .errors import ConfigError, StudioError, user_message
 from .export import export_run
@@ -49,8 +49,8 @@ from .pools import get_pool, to_preferences
 from .progress import TerminalProgress
 from .runs import get_run, mark_interrupted
 from .suspects import find_suspects, resolve
-from .training_data import data_findings
 from .sweep import Sweep, parse_grid
+from .training_data import data_findings
 from .winrate import comparison_pool, describe, measure
 
 
@@ -549,7 +549,6 @@ def cmd_eval(args) -> int:
         return 0
     print(f"run: {result['run']}")
     print(f"data: {result['data']['source']} ({result['data']['split']})")
-    from .data.findings import SMALL_EVAL, wilson
 
     n = result["pairs"]
     # Under SMALL_EVAL pairs one pair moves the accuracy a lot: each comes with its 95% (Wilson) interval.

@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import AccessError, ConfigError, ModelError
 from .gguf_export import QUANTS, check_architecture, check_tokenizer, modelfile_text, write_gguf
 from .model_card import base_hub_id, base_license, model_card
-from .models import load_base, load_tokenizer, resolve_model
+from .models import EMBEDDED_NAME, is_embedded, load_base, load_tokenizer, resolve_model
 from .runs import Run, get_run
 from .store import atomic_path, exports_root, publish_folder, staging_folder
 
@@ -84,8 +84,6 @@ def default_target(run: Run, fmt: str, quant: str | None = "f16") -> Path:
 
 def model_name(run: Run) -> str:
     """`<base>-<objective>-<run-id>`: what a GGUF file and its general.name are called, so the file says what it is."""
-    from .hub import base_hub_id
-    from .models import EMBEDDED_NAME, is_embedded
 
     spec = str(run.read_config_raw().get("model", "embedded"))
     base = EMBEDDED_NAME if is_embedded(spec) else (base_hub_id(run) or Path(spec).name)
@@ -227,7 +225,6 @@ def _merged(run: Run, progress: Progress, should_stop: ShouldStop):
     """(merged fp32 model, tokenizer, notes), or None when stopped. Always merges into the unquantized base."""
     import torch
     from peft import PeftModel
-
     from transformers import AutoConfig
 
     raw = run.read_config_raw()
@@ -302,8 +299,6 @@ def _write_gguf(run: Run, out: Path, quant: str, progress: Progress, should_stop
 
 def base_metadata(run: Run) -> dict:
     """GGUF's general.basename / general.finetune / general.base_model.0.*: the model this export was tuned from."""
-    from .hub import base_hub_id
-    from .models import EMBEDDED_NAME, is_embedded
 
     raw = run.read_config_raw()
     spec = str(raw.get("model", "embedded"))

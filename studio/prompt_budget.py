@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 
 from .errors import PromptError
+from .models import chat_ids, resolve_model
 
 
 @functools.lru_cache(maxsize=8)
@@ -20,7 +21,6 @@ def context_length(model_spec: str) -> int | None:
     """The model's context in tokens (max_position_embeddings in its config.json); None when it does not say."""
     from transformers import AutoConfig
 
-    from .models import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model_spec))
     value = getattr(config, "max_position_embeddings", None)
@@ -28,8 +28,6 @@ def context_length(model_spec: str) -> int | None:
 
 
 def prompt_tokens(tokenizer, messages: list[dict]) -> int:
-    from .models import chat_ids
-
     return len(chat_ids(tokenizer, messages, add_generation_prompt=True))
 
 

@@ -24,7 +24,10 @@ import shutil
 import time
 from pathlib import Path
 
+from . import distributed
 from .config import studio_home
+from .runs import get_run
+from .store import publish_folder, staging_folder
 
 FORMAT = 1  # bump when what is stored changes
 COLUMNS = {"dpo": ("ref_chosen_logps", "ref_rejected_logps"), "kto": ("ref_logps", "ref_KL_logps")}
@@ -83,7 +86,6 @@ def _start_adapter(cfg) -> str | None:
     """The hash of the adapter a run continues from: with one, TRL's reference is that adapter, not the bare base."""
     if not cfg.init_adapter:
         return None
-    from .runs import get_run
 
     path = get_run(cfg.init_adapter).adapter_dir / "adapter_model.safetensors"
     return _sha(path.read_bytes()) if path.is_file() else "missing"
@@ -157,7 +159,6 @@ def store(key: str, values: dict, parts: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from .store import publish_folder, staging_folder
 
     target = cache_root() / key
     tmp = staging_folder(target)
@@ -171,7 +172,6 @@ def store(key: str, values: dict, parts: dict) -> None:
 def with_ref_cache(trainer_class, cfg):
     """`trainer_class` (TRL's DPOTrainer or KTOTrainer) with its reference precomputation read from and written to
     the cache. `trainer.ref_cache` lists what happened per split: {"split", "hit", "key", "seconds"}."""
-    from . import distributed
 
     columns = COLUMNS[cfg.objective]
 

@@ -21,6 +21,7 @@ from .label import label_with_rubric, load_rubric
 from .pools import Pool, get_pool, preference_rows, to_preferences
 from .runs import Run, get_run
 from .store import atomic_write, pools_root
+from .thumbs import to_kto
 from .winrate import comparison_pool, measure
 
 
@@ -41,8 +42,6 @@ def next_round_config(pool: Pool | str, base_cfg: RunConfig, continue_from=None,
     if feedback not in ("pairs", "thumbs"):
         raise ConfigError(f"feedback must be pairs or thumbs, got {feedback!r}")
     if feedback == "thumbs":
-        from .thumbs import to_kto
-
         prefs, _ = to_kto(pool, labeller)
     else:
         prefs, _ = to_preferences(pool, labeller)
@@ -90,7 +89,6 @@ def _combined(pool: Pool, prefs: Path, base_cfg: RunConfig) -> Path:
 
 def _combined_thumbs(pool: Pool, kto_file: Path, base_cfg: RunConfig) -> Path:
     """The pool's thumbs and the original pairs (each as one thumbs up and one down) as one KTO file."""
-    from .data import Columns, load_preferences
 
     columns = Columns(base_cfg.prompt_col, base_cfg.chosen_col, base_cfg.rejected_col, base_cfg.system_col)
     original = load_preferences(base_cfg.data, columns)

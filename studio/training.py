@@ -36,9 +36,12 @@ from .backends import choose_backend, planned_steps
 from .config import Hardware, RunConfig, detect_hardware, resolve_for_hardware
 from .data import FORMATS
 from .errors import ConfigError, DataError, JobBusy, StudioError, user_message  # noqa: F401 - JobBusy re-exported
-from .jobs import Job, active as active_job
+from .jobs import Job
+from .jobs import active as active_job
 from .memory import fit_run, free_gpu_gb, halve_batch
 from .models import check_targets_in_config, load_for_training, load_tokenizer, resolve_model
+from .objectives import objective
+from .refcache import with_ref_cache
 from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, runs_root
 from .training_data import data_findings, eval_source, load_run_data, to_trl
 
@@ -405,7 +408,6 @@ def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqd
 
     A field the class does not have is refused by name rather than left to a TypeError from TRL's dataclass.
     """
-    from .objectives import objective
 
     obj = objective(cfg.objective)
     _, config_class = obj.classes()
@@ -444,8 +446,6 @@ def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: b
 
 
 def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_dir: Path, callbacks=()):
-    from .objectives import objective
-
     obj = objective(cfg.objective)
     if loaded.backend["backend"] == "unsloth" and obj.name == "dpo":
         try:
@@ -456,7 +456,6 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
             pass  # newer Unsloth patches TRL on import
     from transformers.trainer_callback import PrinterCallback
 
-    from .refcache import with_ref_cache
 
     trainer_class, _ = obj.classes()
     if obj.reference:

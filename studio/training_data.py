@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data import FORMATS, Columns, DataError, load_preferences
+from .data.findings import find_all
+
 
 def columns_of(cfg) -> Columns:
     """The column mapping a run's settings give (None: detected from the file)."""
@@ -53,7 +55,6 @@ def data_findings(cfg, data, train=None, held_out=None, tokenizer=None) -> list[
     """The data doctor's findings for a run with these settings (studio.data.findings): `data` is every usable
     pair of cfg.data; the held-out pairs are read or split as the run makes them when not given. With a
     tokenizer, `truncated` counts tokens at cfg.max_length."""
-    from .data.findings import find_all
 
     if held_out is None:
         if cfg.eval_data:

@@ -18,6 +18,10 @@ CHOSEN_NAMES = ("chosen",)
 REJECTED_NAMES = ("rejected",)
 SYSTEM_NAMES = ("system",)
 INPUT_NAME = "input"
+COMPLETION_NAMES = ("completion",)
+LABEL_NAMES = ("label",)
+UNPAIRED_LAYOUT = "prompt/completion/label (unpaired, thumbs up or down)"
+UNPAIRED_CONVERSATIONAL = "prompt/completion/label conversations (unpaired, thumbs up or down)"
 
 # Only used to *suggest* a mapping in an error message, never to load silently.
 _GUESS_WORDS = {
@@ -90,8 +94,6 @@ def make_plan(records, found: list[str], mapping: Columns, fmt: str, name: str) 
     prompt = mapping.prompt or _find(found, PROMPT_NAMES)
     system = mapping.system or _find(found, SYSTEM_NAMES)
     if not (mapping.chosen or mapping.rejected) and not (chosen and rejected):
-        from .unpaired import is_unpaired, make_unpaired_plan
-
         if is_unpaired(found):  # KTO: one answer a row with a thumbs up or down
             return make_unpaired_plan(records, found, fmt, prompt, system)
     if not chosen or not rejected:
@@ -239,3 +241,24 @@ def _guess_mapping(found: list[str]) -> str | None:
         return None
     prompt = picked.get("prompt", "<prompt column>")
     return f"--prompt-col {prompt} --chosen-col {picked['chosen']} --rejected-col {picked['rejected']}"
+
+
+# --- KTO's unpaired layout (one answer a row with a thumbs up or down; the thumbs are read in unpaired.py)
+
+
+def is_unpaired(found: list[str]) -> bool:
+    """True when the columns are KTO's: a completion and a label (and no chosen/rejected pair)."""
+    return bool(_find(found, COMPLETION_NAMES) and _find(found, LABEL_NAMES))
+
+
+def make_unpaired_plan(records, found: list[str], fmt: str, prompt: str | None, system: str | None) -> Plan:
+    completion = _find(found, COMPLETION_NAMES)
+    label = _find(found, LABEL_NAMES)
+    prompt = prompt or _find(found, PROMPT_NAMES)
+    messages = as_messages(_first_value(records, completion), fmt) is not None
+    plan = Plan(chosen=completion, rejected=None, prompt=prompt, system=system, input=None,
+                answers="unpaired", layout=UNPAIRED_CONVERSATIONAL if messages else UNPAIRED_LAYOUT, fmt=fmt, label=label)
+    unused = [c for c in found if c not in {completion, label, prompt, system}]
+    if unused:
+        plan.notes.append(f"columns not used: {', '.join(unused)}")
+    return plan

@@ -8,6 +8,7 @@ import re
 from .layouts import Plan, as_messages
 from .readers import json_fault, loads
 from .text import RowFault, check_size_and_bytes, type_name
+from .unpaired import thumbs
 
 ROLES = ("system", "user", "assistant")
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -34,7 +35,6 @@ def normalise(record: dict, plan: Plan) -> dict:
 
 def _unpaired_row(record: dict, plan: Plan) -> dict:
     """KTO's layout: {"prompt", "completion": [one assistant message], "label": bool}."""
-    from .unpaired import thumbs
 
     label = thumbs(record.get(plan.label))
     value = _value(record, plan.chosen, "completion")

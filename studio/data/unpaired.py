@@ -1,48 +1,26 @@
-"""KTO's unpaired layout: one answer per row with a thumbs up or down, instead of a chosen and a rejected answer.
+"""KTO's unpaired rows: one answer per row with a thumbs up or down, instead of a chosen and a rejected answer.
 
     {"prompt": "...", "completion": "...", "label": true}                              strings
     {"prompt": [{"role": "user", ...}], "completion": [{"role": "assistant", ...}], "label": false}   TRL's conversational form
 
 `label` is a boolean or a thumbs value: true/false, up/down, 👍/👎, 1/0, yes/no, good/bad (any case). Rows are
 normalised to {"prompt": [messages], "completion": [one assistant message], "label": bool}; a row that cannot be
-used is dropped with its reason, as for pairs. Which objective reads such a file is said where it is refused.
+used is dropped with its reason, as for pairs. Which objective reads such a file is said where it is refused. The layout is detected in `layouts.py`
+(`make_unpaired_plan`); this module reads the thumbs.
 """
 
 from __future__ import annotations
 
 import math
 
-from .layouts import PROMPT_NAMES, Plan, _find, _first_value, as_messages
 from .text import RowFault, type_name
 
-COMPLETION_NAMES = ("completion",)
-LABEL_NAMES = ("label",)
-LAYOUT = "prompt/completion/label (unpaired, thumbs up or down)"
-CONVERSATIONAL = "prompt/completion/label conversations (unpaired, thumbs up or down)"
 READ_BY = "kto"  # the objective that reads unpaired data
 
 UP = {"true", "1", "1.0", "up", "thumbs up", "thumbs_up", "thumbsup", "👍", "+1", "+", "yes", "y", "good",
       "desirable", "positive", "accept", "accepted"}
 DOWN = {"false", "0", "0.0", "down", "thumbs down", "thumbs_down", "thumbsdown", "👎", "-1", "-", "no", "n", "bad",
         "undesirable", "negative", "reject", "rejected"}
-
-
-def is_unpaired(found: list[str]) -> bool:
-    """True when the columns are KTO's: a completion and a label (and no chosen/rejected pair)."""
-    return bool(_find(found, COMPLETION_NAMES) and _find(found, LABEL_NAMES))
-
-
-def make_unpaired_plan(records, found: list[str], fmt: str, prompt: str | None, system: str | None) -> Plan:
-    completion = _find(found, COMPLETION_NAMES)
-    label = _find(found, LABEL_NAMES)
-    prompt = prompt or _find(found, PROMPT_NAMES)
-    messages = as_messages(_first_value(records, completion), fmt) is not None
-    plan = Plan(chosen=completion, rejected=None, prompt=prompt, system=system, input=None,
-                answers="unpaired", layout=CONVERSATIONAL if messages else LAYOUT, fmt=fmt, label=label)
-    unused = [c for c in found if c not in {completion, label, prompt, system}]
-    if unused:
-        plan.notes.append(f"columns not used: {', '.join(unused)}")
-    return plan
 
 
 def thumbs(value) -> bool:

@@ -25,7 +25,7 @@ from studio.data import Columns, NoUsablePairs, UnknownLayout, guess_columns, lo
 from studio.data.clean import write_cleaned
 from studio.data.findings import DROPPABLE, counts, rows_to_drop
 from studio.suspects import find_suspects, resolve
-from studio.errors import DataError, StudioError
+from studio.errors import ConfigError, DataError, StudioError
 from studio.access import require_user
 from studio.files import check_data_source, clean_uploads, discard_upload, is_hub_id, store_upload, uploads_dir
 from studio.pools import preference_files
@@ -394,7 +394,7 @@ class DataTab:
         try:
             cfg = self._run_settings(source, columns, max_length, split, fresh)
             findings = data_findings(cfg, data, tokenizer=tokenizer)
-        except (StudioError, TypeError, ValueError) as e:  # e.g. the Train tab's held-out file cannot be read
+        except StudioError as e:  # e.g. the Train tab's held-out file cannot be read
             cfg, findings = None, []
             gr.Warning(f"No findings: {browser_words(str(e))}")
         held = f"held out: {eval_source(cfg)}" if cfg is not None else "held out: the eval fraction"
@@ -423,10 +423,15 @@ class DataTab:
         if eval_data:
             eval_data = check_data_source(eval_data, for_web=True)
         defaults = RunConfig()
-        return RunConfig(data=source, eval_data=eval_data, max_length=int(max_length or defaults.max_length),
-                         eval_fraction=float(eval_fraction if eval_fraction is not None else defaults.eval_fraction),
-                         seed=int(seed if seed is not None else defaults.seed), prompt_col=columns.prompt,
-                         chosen_col=columns.chosen, rejected_col=columns.rejected, system_col=columns.system)
+        try:  # numbers from the page (or sent through the API): bad ones are the sender's mistake, named
+            numbers = {"max_length": int(max_length or defaults.max_length),
+                       "eval_fraction": float(eval_fraction if eval_fraction is not None else defaults.eval_fraction),
+                       "seed": int(seed if seed is not None else defaults.seed)}
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"The split settings must be numbers: max length {max_length!r}, eval fraction "
+                              f"{eval_fraction!r}, seed {seed!r}.") from None
+        return RunConfig(data=source, eval_data=eval_data, prompt_col=columns.prompt, chosen_col=columns.chosen,
+                         rejected_col=columns.rejected, system_col=columns.system, **numbers)
 
     def _findings_out(self, findings: list[dict]) -> dict:
         suspects = [f["rows"][0] for f in findings if f["kind"] == "suspect_label"]

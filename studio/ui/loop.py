@@ -16,19 +16,18 @@ from studio import jobs
 from studio.access import require_user
 from studio.config import PRESETS_DIR, preset_names
 from studio.data import FORMATS
-from studio.training_data import check_sources
 from studio.errors import ConfigError, DataError, StudioError
 from studio.files import check_data_source
 from studio.generate import K_RANGE, check_k, generate_pool, load_prompts, resolve_source, round_of
 from studio.label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool
 from studio.pools import get_pool, preference_files
-from studio.rounds import lineage, next_round_config
+from studio.rounds import few_pairs_warning, lineage, next_round_config
 from studio.runs import LIVE_STATES, list_runs
 from studio.training import TrainingJob
+from studio.training_data import check_sources
 
 from .common import Services, user_errors
-from .form import generation_from_widgets, generation_widget
-from .form import config_from_widgets
+from .form import config_from_widgets, generation_from_widgets, generation_widget
 from .jobbox import JobBox, job_html
 from .status import status_html
 
@@ -330,8 +329,6 @@ class NextRoundBox(JobBox):
                                 feedback=feedback or "pairs")
         check_sources(cfg)
         if not include_original:
-            from studio.rounds import few_pairs_warning
-
             with open(cfg.data, encoding="utf-8") as f:
                 warning = few_pairs_warning(sum(1 for line in f if line.strip()))
             if warning:
