@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -31,6 +32,13 @@ from .errors import StudioError, user_message
 class UserError(StudioError):
     """A bad command line: the message says which flag and why."""
 
+
+
+def _ref(text: str) -> "str | Path":
+    """The operator may name a run or pool by its folder: a `Path` for a folder path, the id (a str) otherwise."""
+    from pathlib import Path
+
+    return Path(text).expanduser() if ("/" in text or os.sep in text or text.startswith(("~", "."))) else text
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -338,7 +346,7 @@ def _resume_job(args, say):
         raise UserError(f"--resume continues a run with the settings it started with; drop {', '.join(given)} "
                         "(or start a new run with them).")
     mark_interrupted()  # a run whose process died is `interrupted` (resumable), not still `training`
-    run = get_run(args.resume)
+    run = get_run(_ref(args.resume))
     say(f"checking run {run.id} and its data…")
     return TrainingJob.resume(run)
 
@@ -413,7 +421,7 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_run, read_prompts
     from .runs import get_run
 
-    run = get_run(args.run)
+    run = get_run(_ref(args.run))
     probes = read_prompts(args.prompts) if args.prompts else None
     settings = _probe_settings(args.max_new_tokens)
     print(f"evaluating {run.id}…", file=sys.stderr)
@@ -452,7 +460,7 @@ def cmd_chat(args) -> int:
     from .chat import ChatEngine, GenerationSettings
     from .runs import get_run
 
-    run = get_run(args.run)
+    run = get_run(_ref(args.run))
     cfg = run.config()
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -478,7 +486,7 @@ def cmd_compare(args) -> int:
     from .evaluate import default_probes, probe_grid, read_prompts
     from .runs import get_run
 
-    runs = [get_run(r) for r in args.runs]
+    runs = [get_run(_ref(r)) for r in args.runs]
     prompts = read_prompts(args.prompts) if args.prompts else default_probes(runs[0])
     settings = _probe_settings(args.max_new_tokens)
     print(f"answering {len(prompts)} prompts with the SFT baseline and {len(runs)} run(s)…", file=sys.stderr)
@@ -580,7 +588,7 @@ def cmd_export(args) -> int:
     from .export import export_run
     from .runs import get_run
 
-    run = get_run(args.run)
+    run = get_run(_ref(args.run))
     # On the job slot, like every long task: an export never runs beside a training (JobBusy says which).
     record = jobs.run("export", f"exporting {run.id} as {args.format}",
                       lambda job: export_run(run, args.format, out_dir=args.out, quant=args.quant,
@@ -601,7 +609,7 @@ def cmd_push(args) -> int:
     from .hub import push_to_hub
     from .runs import get_run
 
-    result = push_to_hub(get_run(args.run), args.repo, what=args.what, private=not args.public,
+    result = push_to_hub(get_run(_ref(args.run)), args.repo, what=args.what, private=not args.public,
                          progress=_phase_printer())
     if args.json:
         print(json.dumps(result, indent=2))
@@ -686,7 +694,7 @@ def cmd_label(args) -> int:
     from .pools import get_pool, to_preferences
     from .progress import TerminalProgress
 
-    pool = get_pool(args.pool)
+    pool = get_pool(_ref(args.pool))
     if args.rubric:
         rubric = load_rubric(args.rubric)
         counts = label_with_rubric(pool, rubric)
@@ -732,7 +740,7 @@ def cmd_winrate(args) -> int:
     from .winrate import comparison_pool, describe, measure
 
     if args.pool:
-        pool = get_pool(args.pool)
+        pool = get_pool(_ref(args.pool))
     else:
         if len(args.models) != 2 or not args.prompts:
             raise UserError("give MODEL_A MODEL_B and --prompts FILE (or --pool POOL to measure an existing pool)")

@@ -223,3 +223,89 @@ def _remove_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # a temporary file someone else already moved: nothing left to clean
+
+
+# --- model folders and adapters named by a browser -------------------------------------------------
+
+
+def allowed_model_roots() -> list[Path]:
+    """Folders a model named in the web app may lie in: the studio's model cache and STUDIO_DATA_DIRS."""
+    return list(dict.fromkeys([(studio_home() / "models").resolve(), *data_dirs()]))
+
+
+def check_web_model(spec: str) -> str:
+    """`spec` as the web app may use it: the embedded model, a hub id, or a model folder under an allowed folder.
+
+    A folder outside them and a folder that does not exist get the same message, so nothing is learnt about
+    the server's folders.
+    """
+    from .models import is_embedded
+
+    text = str(spec or "").strip()
+    if not text or is_embedded(text):
+        return text
+    if "\x00" in text:
+        raise AccessError("Refused: the model name holds a NUL byte.")
+    candidate = Path(text)
+    if is_hub_id(text) and not text.startswith((".", "/", "~")) and ".." not in text.split("/"):
+        if not _exists(candidate):  # a relative folder of the server's own is not a hub id
+            return text
+    try:
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError):
+        resolved = None
+    if resolved is not None and _inside_any(resolved, allowed_model_roots()) and (resolved / "config.json").is_file():
+        return str(resolved)
+    raise AccessError(f"No model {text!r} here: name a hub id (owner/name), 'embedded', or a model folder under "
+                      "a folder the operator listed in STUDIO_DATA_DIRS.")
+
+
+def check_init_adapter(value: str | None) -> str | None:
+    """The adapter folder a run may continue: a run id (its adapter), or a folder under the runs or STUDIO_DATA_DIRS.
+
+    Anything else (an outside folder, a missing one) is refused with the same message before anything is read.
+    """
+    from . import ids
+
+    text = str(value or "").strip()
+    if not text:
+        return None
+    refused = AccessError(f"Cannot continue from {text!r}: init_adapter takes the id of a finished run (or an "
+                          "adapter folder under a folder listed in STUDIO_DATA_DIRS).")
+    if ids.is_id(text):
+        try:
+            folder = ids.find("run", text, "status.json") / "adapter"
+        except FileNotFoundError:
+            raise refused from None
+    else:
+        try:
+            folder = Path(text).resolve(strict=False)
+        except (OSError, RuntimeError):
+            raise refused from None
+        if not _inside_any(folder, [ids.root("run").resolve(), *data_dirs()]):
+            raise refused
+    if not (folder / "adapter_config.json").is_file():
+        raise refused
+    return str(folder)
+
+
+def web_config(cfg):
+    """A RunConfig from a browser with every path in it checked: data files, the model, the adapter to continue."""
+    return cfg.replace(data=check_data_source(cfg.data),
+                       eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None,
+                       model=check_web_model(cfg.model) or cfg.model,
+                       init_adapter=check_init_adapter(cfg.init_adapter))
+
+
+def check_web_source(spec: str) -> str:
+    """A model that answers, named in the web app: a run id of this studio, or what check_web_model allows."""
+    from . import ids
+
+    text = str(spec or "").strip()
+    if ids.is_id(text):
+        try:
+            ids.find("run", text, "status.json")
+            return text
+        except FileNotFoundError:
+            pass
+    return check_web_model(text)

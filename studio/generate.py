@@ -52,8 +52,8 @@ def resolve_source(spec: str, default_model: str = "embedded") -> Source:
     spec = (spec or "").strip()
     if not spec or spec.lower() in BASELINE_WORDS:
         return Source(f"SFT baseline ({default_model})", default_model)
-    try:
-        run = get_run(spec)
+    try:  # a run id, or (the CLI, the operator's own folders) a run folder
+        run = get_run(Path(spec) if "/" in spec or os.sep in spec else spec)
     except FileNotFoundError:
         run = None
     if run is not None:

@@ -264,15 +264,20 @@ def list_pools(root: Path | None = None) -> list[Pool]:
 
 
 def get_pool(pool: str | Path | Pool) -> Pool:
-    """A pool by folder path or by id under STUDIO_HOME/pools."""
+    """A pool by id (a `str`, looked up by name among STUDIO_HOME/pools: never a path) or by folder (a `Path`)."""
+    from .ids import find
+
     if isinstance(pool, Pool):
         return pool
-    path = Path(pool)
-    if not (path / "pool.json").is_file():
-        path = pools_root() / str(pool)
-    if not (path / "pool.json").is_file():
+    path = pool if isinstance(pool, Path) else None
+    if path is None:
+        try:
+            path = find("pool", pool, "pool.json")
+        except FileNotFoundError:
+            path = None
+    if path is None or not (path / "pool.json").is_file():
         known = ", ".join(p.id for p in list_pools()[:10]) or "none yet"
-        raise FileNotFoundError(f"No pool {pool!r} (a pool folder or an id under {pools_root()}). Pools: {known}")
+        raise FileNotFoundError(f"No pool {str(pool)[:80]!r} (a pool id under {pools_root()}). Pools: {known}")
     return Pool(path)
 
 

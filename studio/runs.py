@@ -338,13 +338,18 @@ def list_runs(root: Path | None = None) -> list[Run]:
 
 
 def get_run(run: str | Path) -> Run:
-    """A run by folder path or by id under STUDIO_HOME/runs."""
-    path = Path(run)
-    if not (path / "status.json").is_file():
-        path = runs_root() / str(run)
-    if not (path / "status.json").is_file():
+    """A run by id (a `str`, looked up by name among STUDIO_HOME/runs: never a path) or by folder (a `Path`)."""
+    from .ids import find
+
+    path = run if isinstance(run, Path) else None
+    if path is None:
+        try:
+            path = find("run", run, "status.json")
+        except FileNotFoundError:
+            path = None
+    if path is None or not (path / "status.json").is_file():
         known = ", ".join(r.id for r in list_runs()[:10]) or "none yet"
-        raise FileNotFoundError(f"No run {run!r} (a run folder or an id under {runs_root()}). Recent runs: {known}")
+        raise FileNotFoundError(f"No run {str(run)[:80]!r} (a run id under {runs_root()}). Recent runs: {known}")
     return Run(path)
 
 

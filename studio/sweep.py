@@ -235,9 +235,12 @@ class Sweep(Job):
 
 def load_sweep(sweep_id: str) -> dict:
     """A sweep's record (sweep.json), by id under STUDIO_HOME/sweeps or by folder path."""
-    path = Path(sweep_id)
-    if not (path / "sweep.json").is_file():
-        path = sweeps_root() / str(sweep_id)
+    from .ids import find
+
+    try:  # a str is an id among STUDIO_HOME/sweeps, never a path; a Path is a folder (the CLI)
+        path = sweep_id if isinstance(sweep_id, Path) else find("sweep", sweep_id, "sweep.json")
+    except FileNotFoundError:
+        path = sweeps_root() / "(none)"
     if not (path / "sweep.json").is_file():
         raise FileNotFoundError(f"No sweep {sweep_id!r} under {sweeps_root()}")
     return json.loads((path / "sweep.json").read_text(encoding="utf-8"))
@@ -245,7 +248,12 @@ def load_sweep(sweep_id: str) -> dict:
 
 def sweep_grid(sweep_id: str) -> dict | None:
     """The probe grid a sweep built (grid.json in its folder), or None before it has one."""
-    path = sweeps_root() / sweep_id / "grid.json"
+    from .ids import find
+
+    try:
+        path = find("sweep", sweep_id) / "grid.json"
+    except FileNotFoundError:
+        return None
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -26,6 +26,7 @@ from .chat_tab import ChatTab
 from .common import Services
 from .compare_tab import CompareTab
 from .data_tab import DataTab
+from .guard import guard_middleware
 from .label_tab import LabelTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
@@ -106,6 +107,8 @@ def launch_options() -> dict:
         "css_paths": [ASSETS / "studio.css"],
         "allowed_paths": [str(exports_dir())],
         "footer_links": ["api", "gradio"],
+        # The one gate every request passes, Gradio's own routes and its file route included (guard.py).
+        "app_kwargs": {"middleware": [guard_middleware()]},
     }
 
 

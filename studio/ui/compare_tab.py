@@ -17,7 +17,7 @@ import pandas as pd
 
 from studio import jobs
 from studio.access import require_user
-from studio.files import check_data_source
+from studio.files import check_data_source, web_config
 from studio.config import detect_hardware, field_names, label_of, preset_names, sweepable
 from studio.errors import ConfigError, EvalError, StudioError
 from studio.estimate import sweep_estimate
@@ -370,8 +370,7 @@ class CompareTab:
         require_user(request, "start a sweep")
         grid = grid_of(key1, values1, key2, values2)
         cfg = config_from_widgets(fields)
-        cfg = cfg.replace(data=check_data_source(cfg.data),
-                          eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
+        cfg = web_config(cfg)
         probes = prompt_lines(prompts) or None
         sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
                       settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()

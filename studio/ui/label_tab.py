@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from studio.access import labeller_name
 from studio.errors import user_message
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
@@ -170,7 +171,7 @@ class LabelTab:
         self.next_round.connect(train, self.tab, self.pool, self.labeller)
 
     # --- handlers ---
-    def restore(self, pool_id: str | None, name: str | None, remembered: dict | None):
+    def restore(self, pool_id: str | None, name: str | None, remembered: dict | None, request: gr.Request = None):
         """Refresh the pool list and show the next pair; a fresh page takes its name and pool from the browser."""
         remembered = remembered or {}
         # Fill the name only from the browser's memory: a name being typed right now is never overwritten.
@@ -179,9 +180,9 @@ class LabelTab:
         ids = [value for _, value in pool_choices()]
         wanted = pool_id or remembered.get("pool")
         pool_id = wanted if wanted in ids else (ids[0] if ids else None)
-        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name_out, *self.show(pool_id, name))
+        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name_out, *self.show(pool_id, name, request=request))
 
-    def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
+    def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None, request: gr.Request = None):
         """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
         if not pool_id:
             return ("No pool yet: generate one above (or with `python -m studio generate`).",
@@ -190,6 +191,8 @@ class LabelTab:
             pool = get_pool(pool_id)
         except FileNotFoundError as e:
             return (str(e), "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
+        # With a sign-in, decisions are recorded under the signed-in name whatever the box says (access.labeller_name).
+        name = labeller_name(request, name)
         who = human(name)
         view = pair_view(pool, pair_id) if pair_id else next_pair(pool, who)
         p = pool.progress(who)
@@ -206,33 +209,34 @@ class LabelTab:
     def after_generate(self, name: str | None, remembered: dict | None):
         return self.restore(self.generate.latest_pool(), name, remembered)
 
-    def after_judge(self, pool_id: str | None, name: str | None):
+    def after_judge(self, pool_id: str | None, name: str | None, request: gr.Request = None):
         job = self.judge.job
         counts = job.result if job is not None else None
         if not counts or job.pool_id != pool_id:  # the page shows another pool now
-            return (gr.skip(), *self.show(pool_id, name))
-        return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
+        return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name, request=request))
 
-    def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
+    def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None,
+               request: gr.Request = None):
         if pool_id and pair_id:
             try:
-                label_human(pool_id, pair_id, choice, human(name))
+                label_human(pool_id, pair_id, choice, human(labeller_name(request, name)))
             except Exception as e:  # noqa: BLE001 - a deleted pool: say so, keep the page alive
                 gr.Warning(user_message(e) or f"Not saved: {e}")
-        return self.show(pool_id, name)
+        return self.show(pool_id, name, request=request)
 
-    def undo(self, pool_id: str | None, name: str | None):
+    def undo(self, pool_id: str | None, name: str | None, request: gr.Request = None):
         if not pool_id:
-            return self.show(pool_id, name)
-        pair_id = undo_human(pool_id, human(name))
+            return self.show(pool_id, name, request=request)
+        pair_id = undo_human(pool_id, human(labeller_name(request, name)))
         if pair_id is None:
             gr.Info("Nothing to undo.")
-        return self.show(pool_id, name, pair_id)
+        return self.show(pool_id, name, pair_id, request=request)
 
-    def apply_rubric(self, pool_id: str | None, name: str | None, text: str):
+    def apply_rubric(self, pool_id: str | None, name: str | None, text: str, request: gr.Request = None):
         if not pool_id:
             gr.Warning("Pick a pool first.")
-            return (gr.skip(), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
         try:
             pool = get_pool(pool_id)
             rubric = load_rubric(text)
@@ -242,10 +246,10 @@ class LabelTab:
             if message is None:
                 raise
             gr.Warning(message)
-            return (gr.skip(), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
         gr.Info(f"{rubric.labeller}: {counts['win']} with a winner, {counts['tie']} ties, "
                 f"{counts['both_bad']} both bad.")
-        return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name))
+        return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name, request=request))
 
     def export(self, pool_id: str | None, labeller: str | None):
         if not pool_id:

@@ -16,7 +16,7 @@ from studio import distributed, memory
 from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
 from studio.access import require_user
 from studio.data import check_sources, eval_source
-from studio.files import check_data_source
+from studio.files import check_data_source, web_config
 from studio.errors import ConfigError
 from studio.models import EMBEDDED, resolve_model
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
@@ -63,8 +63,7 @@ def progress_of(run_id: str, job: TrainingJob | None) -> dict:
 
 def web_data(cfg: RunConfig) -> RunConfig:
     """The config with its data paths checked against the folders the web app may read (AccessError if not)."""
-    return cfg.replace(data=check_data_source(cfg.data),
-                       eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
+    return web_config(cfg)
 
 
 def is_preset_data(path: str) -> bool:
