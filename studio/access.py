@@ -25,6 +25,7 @@ from collections.abc import Callable
 from .errors import AccessError, ConfigError
 
 DEFAULT_USER = "studio"
+USER_KEY = "studio_user"  # where the guard leaves the signed-in user in a request's state
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -93,6 +94,13 @@ def signed_in_user(request) -> str | None:
     username = getattr(request, "username", None)
     if username:
         return str(username)
+    try:  # set by the web app's guard for every request it lets through
+        state = getattr(request, "state", None)
+        guarded = getattr(state, USER_KEY, None) if state is not None else None
+    except (AttributeError, KeyError):
+        guarded = None
+    if guarded:
+        return str(guarded)
     return user_from_session(_session(request))
 
 

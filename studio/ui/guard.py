@@ -28,7 +28,7 @@ from starlette.middleware import Middleware
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, JSONResponse
 
-from studio.access import ACT, DOWNLOAD, LABEL, READ, access_mode, may, refusal, user_from_session
+from studio.access import ACT, DOWNLOAD, LABEL, READ, USER_KEY, access_mode, may, refusal, user_from_session
 from studio.export import exports_dir
 
 API = "/gradio_api"
@@ -68,6 +68,9 @@ class Guard:
         if path in LOGIN_ROUTES:
             return await self.app(scope, receive, send)
         user = client_user(scope)
+        # Handlers learn who is signed in from here (access.signed_in_user): Gradio's queue keeps a request's
+        # state, not its session.
+        scope.setdefault("state", {})[USER_KEY] = user
         if not may(READ, user):
             if scope["type"] == "http" and path in ("", "/") and method in ("GET", "HEAD"):
                 return await sign_in_page(user)(scope, receive, send)
@@ -119,14 +122,17 @@ def file_kind(raw: str) -> str:
 
 
 def event_kind(scope, route: str, body: bytes) -> str:
-    """The kind of the function an event names: by fn_index when the body gives one (Gradio prefers it), else
-    by the api_name in the path. A function this cannot find counts as an action (refused unless allowed)."""
+    """The kind of the function an event names, found as Gradio finds it: queue/join by the body's fn_index;
+    run/ and api/ by the body's fn_index when given, else the api_name in the path; call/ by the api_name only.
+    A function this cannot find (or an fn_index that is not a plain number) counts as an action."""
     try:
         payload = json.loads(body or b"{}")
     except ValueError:
         payload = {}
     fn_index = payload.get("fn_index") if isinstance(payload, dict) else None
     api_name = None if route.startswith("queue/join") else route.rstrip("/").rsplit("/", 1)[-1]
+    if route.startswith("call/"):
+        fn_index = None  # Gradio drops a body's fn_index on these routes and goes by the name
     app = scope.get("app")
     blocks = app.get_blocks() if hasattr(app, "get_blocks") else None
     fns = getattr(blocks, "fns", {}) or {}

@@ -11,7 +11,6 @@ as it is. Generating, judging and the next round are boxes from `loop.py` (jobs 
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 
@@ -148,7 +147,7 @@ class LabelTab:
               inputs=inputs, outputs=self.remember, api_visibility="private", show_progress="hidden",
               queue=False)
         for choice, button in self.buttons.items():
-            button.click(functools.partial(self.choose, choice), inputs=[*inputs, self.pair],
+            button.click(self._chooser(choice), inputs=[*inputs, self.pair],
                          outputs=self.view_outputs, api_name=f"label_{choice.lower()}", show_progress="hidden",
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="label_undo",
@@ -215,6 +214,14 @@ class LabelTab:
         if not counts or job.pool_id != pool_id:  # the page shows another pool now
             return (gr.skip(), *self.show(pool_id, name, request=request))
         return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name, request=request))
+
+    def _chooser(self, choice: str):
+        # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
+        def choose(pool_id: str | None, name: str | None, pair_id: str | None, request: gr.Request = None):
+            return self.choose(choice, pool_id, name, pair_id, request)
+
+        choose.__name__ = f"choose_{choice.lower()}"
+        return choose
 
     def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None,
                request: gr.Request = None):
