@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
         early_import()  # Unsloth patches transformers and PEFT only if it comes first (a no-op without it)
     try:
+        if args.func not in (cmd_presets, cmd_settings, cmd_data_check, cmd_compare, cmd_chat):
+            from .files import check_home_writable
+
+            check_home_writable()  # a read-only or full STUDIO_HOME: exit 2 and a message, before any work
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -283,6 +283,10 @@ def _read_source(source: str | Path, split: str) -> _Read:
     data = _read_bytes(path, name)
     if not data or data.isspace():  # isspace, not strip: no copy of a file that may be a gigabyte
         raise DataError(f"{name} is empty: it holds no records.")
+    if fmt != "parquet":
+        from .budget import check_rows, check_text
+
+        check_text(data, name, fmt)  # the text and row budget, before decoding (issue 21)
     if fmt == "parquet":
         return _Read(fmt, name, *_read_parquet(data, name), [])
     if fmt == "jsonl":
@@ -293,8 +297,10 @@ def _read_source(source: str | Path, split: str) -> _Read:
         raise DataError(f"{name} is empty: it holds no records.")
     if fmt == "csv":
         records, faults, csv_notes = _parse_csv(text, name)
+        check_rows(len(records) + len(faults), name)
         return _Read(fmt, name, records, faults, notes + csv_notes)
     records, faults = _parse_json(text, name)
+    check_rows(len(records or []) + len(faults), name)
     if records is None:
         # A .json file that is really JSON Lines is a common mix-up; read it as such.
         text, notes = _decode(data, name, strict=False)
@@ -534,11 +540,12 @@ def _check_header(header: list[str], name: str) -> None:
 
 
 def _read_parquet(data: bytes, name: str) -> tuple[list[tuple[int, dict]], list[dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from .budget import read_parquet
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = read_parquet(data, name)  # stops past the decoded-text budget (issue 21)
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
         raise DataError(f"Cannot read {name} as Parquet (truncated or corrupt file?): {_one_line(exc)}") from None
     counts = Counter(table.column_names)

@@ -4,7 +4,8 @@ The CLI is run by the operator and may read any regular file. The web app reads 
 only from its own uploads (STUDIO_HOME/uploads, stored under generated names), its pools' preference
 files (STUDIO_HOME/pools), the bundled preset data, and the folders the operator lists in
 STUDIO_DATA_DIRS; a hub dataset id is not a path and stays allowed. Uploads have a size limit
-(STUDIO_MAX_UPLOAD_MB) and an age limit (STUDIO_UPLOAD_MAX_AGE_HOURS).
+(STUDIO_MAX_UPLOAD_MB), an age limit (STUDIO_UPLOAD_MAX_AGE_HOURS) and a total (STUDIO_UPLOADS_MAX_MB, the oldest
+removed first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .errors import AccessError, ConfigError, DataError
 
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
+DEFAULT_UPLOADS_MAX_MB = 2048  # all kept uploads together; the oldest go first (STUDIO_UPLOADS_MAX_MB)
 
 def check_home_writable() -> Path:
     """STUDIO_HOME exists (made if needed) and takes a file: everything the studio keeps goes there."""
@@ -171,6 +173,9 @@ def store_upload(temp_path: str | Path, original_name: str | None = None, remove
         except BaseException:
             Path(partial).unlink(missing_ok=True)
             raise
+        from .runs import data_in_use
+
+        cap_uploads(keep={target, *data_in_use()})
         return target
     finally:
         if remove_source:  # stored or refused, the web server's temporary copy has served its purpose
@@ -214,6 +219,39 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
         if entry.resolve() in kept:
             continue
         _remove_quietly(entry)
+        removed.append(entry)
+    return removed
+
+
+def max_uploads_bytes() -> int:
+    return int(_env_number("STUDIO_UPLOADS_MAX_MB", DEFAULT_UPLOADS_MAX_MB) * 2**20)
+
+
+def cap_uploads(keep: set[Path] | frozenset = frozenset(), limit: int | None = None) -> list[Path]:
+    """Delete the oldest uploads until all of them together fit in `limit` bytes (STUDIO_UPLOADS_MAX_MB, 2048);
+    files in `keep` (the newest upload, the data of any run) stay. Returns what was deleted."""
+    limit = max_uploads_bytes() if limit is None else limit
+    folder = uploads_dir()
+    if not folder.is_dir():
+        return []
+    kept = {Path(p).resolve() for p in keep}
+    entries = []
+    for entry in folder.iterdir():
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and not entry.name.startswith(".part-"):  # not one being written now
+            entries.append((info.st_mtime, info.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry.resolve() in kept:
+            continue
+        _remove_quietly(entry)
+        total -= size
         removed.append(entry)
     return removed
 

@@ -199,7 +199,12 @@ class Run:
         """The same dict as TrainingJob.progress(), read from the folder (a run of another process, or a past one)."""
         status = self.status()
         state, started = status.get("state", "unknown"), status.get("started")
-        if state in LIVE_STATES and status.get("pid") != os.getpid() and not _pid_alive(status.get("pid")):
+        if state in LIVE_STATES and status.get("pid") == os.getpid() and not running_here(self.path):
+            # This process's job ended without writing its last state (a full disk): it failed, nothing runs it.
+            state = "failed"
+            status["error"] = status.get("error") or (f"the run ended while {status.get('state')} and its last "
+                                                      "state could not be written (is the disk full?)")
+        elif state in LIVE_STATES and status.get("pid") != os.getpid() and not _pid_alive(status.get("pid")):
             # The process running it died (kill -9, a crash): say so now, not at the next restart.
             state = "interrupted"
             status["error"] = (f"the process running it (pid {status.get('pid')}) ended while it was "
@@ -353,6 +358,19 @@ def get_run(run: str | Path) -> Run:
     return Run(path)
 
 
+_running_here: set[str] = set()  # run folders a job of this process is running now (training.py keeps it)
+
+
+def running_here(path: Path, running: bool | None = None) -> bool:
+    """Whether a job of this process runs the run in `path`; `running` records that it starts (True) or ends."""
+    key = str(Path(path).resolve())
+    if running is True:
+        _running_here.add(key)
+    elif running is False:
+        _running_here.discard(key)
+    return key in _running_here
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -383,7 +401,7 @@ def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset())
 
 
 def delete_run(run: Run) -> None:
-    if run.state in LIVE_STATES and _pid_alive(run.status().get("pid")):
+    if run.progress()["state"] in LIVE_STATES:  # the same answer as the runs table, Stop and Resume give
         from .errors import JobBusy
 
         raise JobBusy(f"Run {run.id} is still {run.state}; stop it before deleting it.")
