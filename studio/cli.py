@@ -33,12 +33,12 @@ class UserError(StudioError):
     """A bad command line: the message says which flag and why."""
 
 
-
-def _ref(text: str) -> "str | Path":
+def _ref(text: str):
     """The operator may name a run or pool by its folder: a `Path` for a folder path, the id (a str) otherwise."""
     from pathlib import Path
 
     return Path(text).expanduser() if ("/" in text or os.sep in text or text.startswith(("~", "."))) else text
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

@@ -54,9 +54,11 @@ def check_run(cfg: RunConfig) -> None:
     Raises a StudioError naming the problem; the CLI exits 2 and the web app shows it where Start was
     pressed, and no run folder exists yet.
     """
+    from .backends import choose_backend
     from .data import load_run_data
     from .models import check_targets_in_config, load_tokenizer, resolve_model
 
+    choose_backend(cfg.backend, detect_hardware())  # backend unsloth without CUDA + Unsloth: refused here
     path = resolve_model(cfg.model)
     check_targets_in_config(path, cfg)
     _, train, _ = load_run_data(cfg, load_tokenizer(path))

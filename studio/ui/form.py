@@ -55,6 +55,20 @@ def bounds_text(m) -> str:
                      if m.get(key) is not None)
 
 
+class SettingNumber(gr.Number):
+    """A number box whose value reaches RunConfig as it was sent: the config checks it exactly as the CLI does.
+
+    gr.Number would round 2.5 to 2 for a whole number (precision=0) and raise a traceback on NaN, inf or text
+    before any handler runs; here 2.5, NaN, inf and text are refused by RunConfig with the setting's name.
+    """
+
+    def get_block_name(self) -> str:
+        return "number"  # the browser's number box
+
+    def preprocess(self, payload):
+        return payload
+
+
 def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
     """Widget values by field name -> a validated config; a ConfigError names the field by its label too."""
     changes = {}
@@ -102,11 +116,11 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         # A Number left empty has no default in the API (clients would have to send it): empty text = None.
         return gr.Textbox(placeholder="empty: off", **common)
     if kind is int:
-        return gr.Number(precision=0, **common)
+        return SettingNumber(precision=0, **common)
     if kind is float:
         if m.get("ge") is not None and m.get("lt") is not None and m["lt"] <= 1 and not _optional(cls, name):
             return gr.Slider(m["ge"], m["lt"] - 0.01, step=0.01, **common)
-        return gr.Number(**common)
+        return SettingNumber(**common)
     return gr.Textbox(placeholder=AUTO if _optional(cls, name) else None, **common)
 
 

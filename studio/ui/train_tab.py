@@ -15,12 +15,12 @@ import gradio as gr
 from studio import distributed, memory
 from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, preset_names, resolve_for_hardware
 from studio.access import require_user
-from studio.data import check_sources, eval_source
-from studio.files import check_data_source, web_config
+from studio.data import eval_source
+from studio.files import web_config
 from studio.errors import ConfigError
-from studio.models import EMBEDDED, resolve_model
+from studio.models import EMBEDDED
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
-from studio.training import TrainingJob
+from studio.training import TrainingJob, check_run
 
 from . import charts
 from .common import user_errors
@@ -264,9 +264,10 @@ class TrainTab:
         require_user(request, "start training")
         preset = values.pop("preset", None)
         cfg = web_data(config_from_widgets(values))
-        check_sources(cfg)
-        resolve_model(cfg.model)  # a model that cannot be had here is refused before a run folder exists
-        job = TrainingJob(cfg, preset=preset or None).start()
+        # As the CLI checks it: the backend, the model, its LoRA targets and the data, before a run folder exists.
+        job = TrainingJob(cfg, preset=preset or None)
+        check_run(job.config)
+        job.start()
         progress = job.progress()
         return {self.status: status_html(progress), self.view: {"run": job.run.id, "rows": 0, "state": progress["state"]},
                 **{self.charts[k]: fig for k, fig in charts.training_figures([]).items()},
