@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio.access import labeller_name
+from studio.access import access_mode, labeller_name
 from studio.errors import user_message
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
@@ -197,7 +197,8 @@ class LabelTab:
         p = pool.progress(who)
         counter = (f"**{p['labelled']} of {p['total']}** pairs labelled by `{who}`"
                    + (f" · {p['skipped']} skipped" if p["skipped"] else "")
-                   + ("" if name else " · type your name to label as yourself"))
+                   + ("" if name else " · type your name to label as yourself" if access_mode() == "open"
+                      else " · sign in to label"))
         labellers = gr.Dropdown(choices=[ALL, *pool.labellers()])
         if view is None:
             done = "All pairs labelled." if p["total"] else "This pool has no pairs yet."

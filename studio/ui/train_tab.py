@@ -17,6 +17,7 @@ from studio.config import PRESETS_DIR, RunConfig, detect_hardware, load_preset, 
 from studio.access import require_user
 from studio.data import eval_source
 from studio.files import web_config
+from studio.ids import find
 from studio.errors import ConfigError
 from studio.models import EMBEDDED
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
@@ -54,6 +55,14 @@ def card_markdown(preset) -> str:
     if prompts:
         lines.append("**Try in Chat:** " + " · ".join(f"“{p}”" for p in prompts))
     return "\n\n".join(line for line in lines if line)
+
+
+def is_run(run_id) -> bool:
+    try:
+        find("run", run_id, "status.json")
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def progress_of(run_id: str, job: TrainingJob | None) -> dict:
@@ -295,7 +304,7 @@ class TrainTab:
         run_id = view.get("run")
         if job is not None and job.run.id != run_id:
             run_id = job.run.id  # a run started elsewhere (another browser, the API): follow it
-        elif run_id is None or not Run(runs_root() / run_id).exists():
+        elif run_id is None or not is_run(run_id):  # an id is a name among the runs, never a path
             run_id = _newest_run_id()
         out: dict = {}
         if run_id is None:
