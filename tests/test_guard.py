@@ -343,3 +343,20 @@ def test_the_password_check_is_constant_time(monkeypatch):
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
     assert not auth_from_env()("nobody", "wrong")
     assert len(seen) == 2  # user and password both compared, whatever was wrong
+
+
+@pytest.mark.browser
+def test_in_a_browser_the_sign_in_page_leads_to_the_app(password_app, open_page):
+    from studio.ui import guard
+
+    guard.THROTTLE.clients.clear()
+    url, _, _, _ = password_app
+    page = open_page(1200, 900)
+    page.goto(url)
+    page.get_by_label("User").fill("studio")
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Incorrect credentials").wait_for()
+    page.get_by_label("Password").fill("s3cret")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("tab", name="Train").wait_for(timeout=60_000)  # the app itself, after the reload
