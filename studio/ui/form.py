@@ -55,18 +55,16 @@ def bounds_text(m) -> str:
                      if m.get(key) is not None)
 
 
-class SettingNumber(gr.Number):
+def setting_number(**kwargs) -> gr.Number:
     """A number box whose value reaches RunConfig as it was sent: the config checks it exactly as the CLI does.
 
-    gr.Number would round 2.5 to 2 for a whole number (precision=0) and raise a traceback on NaN, inf or text
-    before any handler runs; here 2.5, NaN, inf and text are refused by RunConfig with the setting's name.
+    gr.Number's own preprocess would round 2.5 to 2 for a whole number (precision=0) and raise a traceback on
+    NaN, inf or text before any handler runs; here 2.5, NaN, inf and text are refused by RunConfig with the
+    setting's name. (Not a subclass: Gradio writes a .pyi stub beside any module that subclasses a component.)
     """
-
-    def get_block_name(self) -> str:
-        return "number"  # the browser's number box
-
-    def preprocess(self, payload):
-        return payload
+    box = gr.Number(**kwargs)
+    box.preprocess = lambda payload: payload
+    return box
 
 
 def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
@@ -116,11 +114,11 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         # A Number left empty has no default in the API (clients would have to send it): empty text = None.
         return gr.Textbox(placeholder="empty: off", **common)
     if kind is int:
-        return SettingNumber(precision=0, **common)
+        return setting_number(precision=0, **common)
     if kind is float:
         if m.get("ge") is not None and m.get("lt") is not None and m["lt"] <= 1 and not _optional(cls, name):
             return gr.Slider(m["ge"], m["lt"] - 0.01, step=0.01, **common)
-        return SettingNumber(**common)
+        return setting_number(**common)
     return gr.Textbox(placeholder=AUTO if _optional(cls, name) else None, **common)
 
 
