@@ -25,6 +25,7 @@ from collections.abc import Callable
 from .errors import AccessError, ConfigError
 
 DEFAULT_USER = "studio"
+USER_KEY = "studio_user"  # where the guard leaves the signed-in user in a request's state
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -93,14 +94,14 @@ def signed_in_user(request) -> str | None:
     username = getattr(request, "username", None)
     if username:
         return str(username)
-    info = _session(request).get("oauth_info")
-    if not isinstance(info, dict):
-        return None
-    expires = info.get("expires_at")
-    if expires is not None and expires < time.time():
-        return None
-    userinfo = info.get("userinfo") or {}
-    return userinfo.get("preferred_username") or None
+    try:  # set by the web app's guard for every request it lets through
+        state = getattr(request, "state", None)
+        guarded = getattr(state, USER_KEY, None) if state is not None else None
+    except (AttributeError, KeyError):
+        guarded = None
+    if guarded:
+        return str(guarded)
+    return user_from_session(_session(request))
 
 
 def require_user(request, action: str) -> str | None:
@@ -112,22 +113,102 @@ def require_user(request, action: str) -> str | None:
     if mode == "open":
         return None
     user = signed_in_user(request)
+    if may(ACT, user):
+        return user
     if not user:
         how = "the app's password" if mode == "password" else "your Hugging Face account (Sign in button)"
         raise AccessError(f"Sign in to {action}: this app asks for {how} first.")
-    if mode == "hf":
-        allowed = hf_allowed_users()
-        if allowed and user not in allowed:
-            raise AccessError(f"{user} may not {action} here: only {', '.join(allowed)} may "
-                              "(the Space's owner, or STUDIO_HF_USERS).")
-    return user
+    raise AccessError(f"{user} may not {action} here: only {', '.join(hf_allowed_users())} may "
+                      "(the Space's owner, or STUDIO_HF_USERS).")
 
 
 def require_reader(request, action: str) -> str | None:
     """Like require_user, but only when STUDIO_PRIVATE=1: reading runs and chatting are open otherwise."""
-    if not is_private():
-        return signed_in_user(request)
+    user = signed_in_user(request)
+    if may(READ, user):
+        return user
     return require_user(request, action)
+
+
+# --- one rule per kind of action: the web app's guard (studio/ui/guard.py) asks it for every request ---------
+
+READ, ACT, LABEL, DOWNLOAD = "read", "act", "label", "download"
+KINDS = (READ, ACT, LABEL, DOWNLOAD)
+_WHAT = {READ: "read this studio", ACT: "train, stop, delete, export or upload here",
+         LABEL: "label pools here", DOWNLOAD: "download exported models here"}
+
+
+def invited_labellers() -> list[str]:
+    """Hugging Face users invited to label pools (STUDIO_LABELLERS, comma-separated), besides those who may act."""
+    return [u.strip() for u in os.environ.get("STUDIO_LABELLERS", "").split(",") if u.strip()]
+
+
+def may(kind: str, user: str | None) -> bool:
+    """Whether `user` (None: nobody signed in) may do `kind` in the current mode.
+
+    open: anyone may do anything (localhost). password: whoever passed the login may do anything, nobody
+    else anything. hf: reading is open unless STUDIO_PRIVATE=1; acting and downloading need a listed user
+    (the owner or STUDIO_HF_USERS); labelling needs a listed or an invited user (STUDIO_LABELLERS); a
+    private studio serves its pages to listed and invited users only.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind of action {kind!r}")
+    mode = access_mode()
+    if mode == "open":
+        return True
+    if mode == "password":
+        return user is not None
+    if kind == READ and not is_private():
+        return True
+    if not user:
+        return False
+    actors = hf_allowed_users()
+    acts = not actors or user in actors  # no owner known (not on a Space): any signed-in user, as before
+    if kind in (ACT, DOWNLOAD):
+        return acts
+    return acts or user in invited_labellers()
+
+
+def refusal(kind: str, user: str | None) -> str:
+    """The message for a refused `kind`: sign in first, or who may."""
+    mode = access_mode()
+    if not user:
+        how = "the app's password" if mode == "password" else "your Hugging Face account (Sign in button)"
+        return f"Sign in to {_WHAT[kind]}: this app asks for {how} first."
+    who = ", ".join(hf_allowed_users()) or "signed-in users"
+    if kind in (READ, LABEL) and invited_labellers():
+        who += " and the invited labellers"
+    return f"{user} may not {_WHAT[kind]}: only {who} may (the Space's owner, STUDIO_HF_USERS, STUDIO_LABELLERS)."
+
+
+def check(kind: str, user: str | None) -> str | None:
+    """`user` when they may do `kind`; AccessError with refusal() otherwise."""
+    if not may(kind, user):
+        raise AccessError(refusal(kind, user))
+    return user
+
+
+def user_from_session(session: dict | None) -> str | None:
+    """The Hugging Face user of a (decoded) Gradio OAuth session, or None when absent or expired."""
+    info = (session or {}).get("oauth_info") if isinstance(session, dict) else None
+    if not isinstance(info, dict):
+        return None
+    expires = info.get("expires_at")
+    if isinstance(expires, (int, float)) and expires < time.time():
+        return None
+    userinfo = info.get("userinfo") or {}
+    name = userinfo.get("preferred_username") if isinstance(userinfo, dict) else None
+    return str(name) if name else None
+
+
+def labeller_name(request, typed: str | None) -> str | None:
+    """The name a decision is recorded under: the signed-in user whenever there is a sign-in, never a typed name.
+
+    Only in open mode (localhost, nobody signs in) is the typed name used.
+    """
+    if access_mode() == "open":
+        return typed
+    return signed_in_user(request)
 
 
 def _session(request) -> dict:

@@ -38,6 +38,7 @@ from .data.findings import KINDS, SMALL_EVAL, wilson
 from .distributed import is_main, world_size
 from .errors import ConfigError, StudioError, user_message
 from .export import export_run
+from .files import check_home_writable
 from .generate import check_sampling, generate_pool, load_prompts
 from .generation import DEFAULTS, GenerationSettings, defaults
 from .hub import push_to_hub
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) in (cmd_train, cmd_sweep):
         early_import()  # Unsloth patches transformers and PEFT only if it comes first (a no-op without it)
     try:
+        if args.func not in (cmd_presets, cmd_settings, cmd_data_check, cmd_compare, cmd_chat):
+            check_home_writable()  # a read-only or full STUDIO_HOME: exit 2 and a message, before any work
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

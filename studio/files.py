@@ -4,7 +4,8 @@ The CLI is run by the operator and may read any regular file. The web app reads 
 only from its own uploads (STUDIO_HOME/uploads, stored under generated names), its pools' preference
 files (STUDIO_HOME/pools), the bundled preset data, and the folders the operator lists in
 STUDIO_DATA_DIRS; a hub dataset id is not a path and stays allowed. Uploads have a size limit
-(STUDIO_MAX_UPLOAD_MB) and an age limit (STUDIO_UPLOAD_MAX_AGE_HOURS).
+(STUDIO_MAX_UPLOAD_MB), an age limit (STUDIO_UPLOAD_MAX_AGE_HOURS) and a total (STUDIO_UPLOADS_MAX_MB, the oldest
+removed first).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 from .config import PRESETS_DIR, studio_home
 from .data import FORMATS, file_kind, is_hub_id
 from .errors import AccessError, ConfigError, DataError
-from .store import atomic_path, is_child, pools_root, uploads_root
+from .runs import data_in_use
+from .store import atomic_path, find, is_child, is_name, pools_root, runs_root, uploads_root
 
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
+DEFAULT_UPLOADS_MAX_MB = 2048  # all kept uploads together; the oldest go first (STUDIO_UPLOADS_MAX_MB)
 
 def check_home_writable() -> Path:
     """STUDIO_HOME exists (made if needed) and takes a file: everything the studio keeps goes there."""
@@ -166,6 +169,7 @@ def store_upload(temp_path: str | Path, original_name: str | None = None, remove
         target = folder / f"{uuid.uuid4().hex}{suffix}"
         with atomic_path(target) as partial, open(partial, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, length=2**20)
+        cap_uploads(keep={target, *data_in_use()})
         return target
     finally:
         if remove_source:  # stored or refused, the web server's temporary copy has served its purpose
@@ -213,8 +217,123 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
     return removed
 
 
+def max_uploads_bytes() -> int:
+    return int(_env_number("STUDIO_UPLOADS_MAX_MB", DEFAULT_UPLOADS_MAX_MB) * 2**20)
+
+
+def cap_uploads(keep: set[Path] | frozenset = frozenset(), limit: int | None = None) -> list[Path]:
+    """Delete the oldest uploads until all of them together fit in `limit` bytes (STUDIO_UPLOADS_MAX_MB, 2048);
+    files in `keep` (the newest upload, the data of any run) stay. Returns what was deleted."""
+    limit = max_uploads_bytes() if limit is None else limit
+    folder = uploads_dir()
+    if not folder.is_dir():
+        return []
+    kept = {Path(p).resolve() for p in keep}
+    entries = []
+    for entry in folder.iterdir():
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and not entry.name.startswith(".part-"):  # not one being written now
+            entries.append((info.st_mtime, info.st_size, entry))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry.resolve() in kept:
+            continue
+        _remove_quietly(entry)
+        total -= size
+        removed.append(entry)
+    return removed
+
+
 def _remove_quietly(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # a temporary file someone else already moved: nothing left to clean
+
+
+# --- model folders and adapters named by a browser -------------------------------------------------
+
+
+def allowed_model_roots() -> list[Path]:
+    """Folders a model named in the web app may lie in: the studio's model cache and STUDIO_DATA_DIRS."""
+    return list(dict.fromkeys([(studio_home() / "models").resolve(), *data_dirs()]))
+
+
+def check_web_model(spec: str) -> str:
+    """`spec` as the web app may use it: the embedded model, a hub id, or a model folder under an allowed folder.
+
+    A folder outside them and a folder that does not exist get the same message, so nothing is learnt about
+    the server's folders.
+    """
+    from .models import is_embedded
+
+    text = str(spec or "").strip()
+    if not text or is_embedded(text):
+        return text
+    if "\x00" in text:
+        raise AccessError("Refused: the model name holds a NUL byte.")
+    candidate = Path(text)
+    if is_hub_id(text) and not text.startswith((".", "/", "~")) and ".." not in text.split("/"):
+        if not _exists(candidate):  # a relative folder of the server's own is not a hub id
+            return text
+    try:
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError):
+        resolved = None
+    if resolved is not None and _inside_any(resolved, allowed_model_roots()) and (resolved / "config.json").is_file():
+        return str(resolved)
+    raise AccessError(f"No model {text!r} here: name a hub id (owner/name), 'embedded', or a model folder under "
+                      "a folder the operator listed in STUDIO_DATA_DIRS.")
+
+
+def check_init_adapter(value: str | None) -> str | None:
+    """The adapter folder a run may continue: a run id (its adapter), or a folder under the runs or STUDIO_DATA_DIRS.
+
+    Anything else (an outside folder, a missing one) is refused with the same message before anything is read.
+    """
+    text = str(value or "").strip()
+    if not text:
+        return None
+    refused = AccessError(f"Cannot continue from {text!r}: init_adapter takes the id of a finished run (or an "
+                          "adapter folder under a folder listed in STUDIO_DATA_DIRS).")
+    if is_name(text):
+        try:
+            folder = find("runs", text, "status.json") / "adapter"
+        except FileNotFoundError:
+            raise refused from None
+    else:
+        try:
+            folder = Path(text).resolve(strict=False)
+        except (OSError, RuntimeError):
+            raise refused from None
+        if not _inside_any(folder, [runs_root().resolve(), *data_dirs()]):
+            raise refused
+    if not (folder / "adapter_config.json").is_file():
+        raise refused
+    return str(folder)
+
+
+def web_config(cfg):
+    """A RunConfig from a browser with every path in it checked: data files, the model, the adapter to continue."""
+    return cfg.replace(data=check_data_source(cfg.data),
+                       eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None,
+                       model=check_web_model(cfg.model) or cfg.model,
+                       init_adapter=check_init_adapter(cfg.init_adapter))
+
+
+def check_web_source(spec: str) -> str:
+    """A model that answers, named in the web app: a run id of this studio, or what check_web_model allows."""
+    text = str(spec or "").strip()
+    if is_name(text):
+        try:
+            find("runs", text, "status.json")
+            return text
+        except FileNotFoundError:
+            pass
+    return check_web_model(text)

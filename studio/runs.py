@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -32,7 +33,6 @@ from .store import (
     find,
     interrupted,
     orphaned,
-    pid_alive,
     read_jsonl,
     runs_root,  # noqa: F401 - named in store.py; imported from here by its older readers
 )
@@ -178,7 +178,12 @@ class Run:
         """The same dict as TrainingJob.progress(), read from the folder (a run of another process, or a past one)."""
         status = self.status()
         state, started = status.get("state", "unknown"), status.get("started")
-        if orphaned(status, LIVE_STATES):
+        if state in LIVE_STATES and status.get("pid") == os.getpid() and not running_here(self.path):
+            # This process's job ended without writing its last state (a full disk): it failed, nothing runs it.
+            state = "failed"
+            status["error"] = status.get("error") or (f"the run ended while {status.get('state')} and its last "
+                                                      "state could not be written (is the disk full?)")
+        elif orphaned(status, LIVE_STATES):
             # The process running it died (kill -9, a crash): say so now, not at the next restart.
             state = "interrupted"
             status["error"] = ended_message(status)
@@ -324,6 +329,19 @@ def get_run(run: str | Path | Run, folders: bool = False) -> Run:
     return Run(find("runs", str(run), STATUS))
 
 
+_running_here: set[str] = set()  # run folders a job of this process is running now (training.py keeps it)
+
+
+def running_here(path: Path, running: bool | None = None) -> bool:
+    """Whether a job of this process runs the run in `path`; `running` records that it starts (True) or ends."""
+    key = str(Path(path).resolve())
+    if running is True:
+        _running_here.add(key)
+    elif running is False:
+        _running_here.discard(key)
+    return key in _running_here
+
+
 def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset()) -> list[str]:
     """Runs left in a live state by a process that died are marked interrupted (their files stay)."""
     marked = []
@@ -334,6 +352,6 @@ def mark_interrupted(root: Path | None = None, live_ids: set[str] = frozenset())
 
 
 def delete_run(run: Run) -> None:
-    if run.state in LIVE_STATES and pid_alive(run.status().get("pid")):
+    if run.progress()["state"] in LIVE_STATES:  # the same answer as the runs table, Stop and Resume give
         raise JobBusy(f"Run {run.id} is still {run.state}; stop it before deleting it.")
     shutil.rmtree(run.path)

@@ -21,6 +21,7 @@ config.yaml records each resume. A run that ends done removes its checkpoint.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -42,7 +43,7 @@ from .memory import fit_run, free_gpu_gb, halve_batch
 from .models import check_targets_in_config, load_for_training, load_tokenizer, resolve_model
 from .objectives import objective
 from .refcache import with_ref_cache
-from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, runs_root
+from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, running_here, runs_root
 from .training_data import data_findings, eval_source, load_run_data, to_trl
 
 
@@ -62,6 +63,7 @@ def check_run(cfg: RunConfig) -> None:
     pressed, and no run folder exists yet.
     """
 
+    choose_backend(cfg.backend, detect_hardware())  # backend unsloth without CUDA + Unsloth: refused here
     path = resolve_model(cfg.model)
     check_targets_in_config(path, cfg)
     _, train, _ = load_run_data(cfg, load_tokenizer(path))
@@ -143,11 +145,18 @@ class TrainingJob(Job):
         # Launched as several processes (torchrun, accelerate): the main one claims the folder, the rest share it.
         path = distributed.from_main(lambda: claim_run_dir(self._run_dir, self._label))
         self.run = Run(path, writes=distributed.is_main())
-        self.title = f"training run {self.run.id}"
-        self.metrics = MetricsLog(self.run.path / "metrics.jsonl" if self.run.writes else None)
-        self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name,
-                              **distributed.describe())
-        self._set("queued", started=self.started_at)
+        running_here(self.run.path, True)  # until _run ends, whatever its last write managed
+        try:
+            self.title = f"training run {self.run.id}"
+            self.metrics = MetricsLog(self.run.path / "metrics.jsonl" if self.run.writes else None)
+            self.run.write_config(self.config, preset=self.preset, hardware=self.hardware.device_name,
+                                  **distributed.describe())
+            self._set("queued", started=self.started_at)
+        except BaseException as e:
+            running_here(self.run.path, False)
+            if isinstance(e, OSError):  # a full or read-only disk: a refusal with a message, the slot freed
+                raise StudioError(f"Cannot start run {self.run.id}: {failure_message(e)}") from None
+            raise
 
     def _reopen(self) -> None:
         """A resume, once the slot is held: the same folder, metrics cut back to the checkpoint, the resume recorded."""
@@ -156,6 +165,7 @@ class TrainingJob(Job):
         if refusal:
             raise ConfigError(refusal)
         old = self.run.status()
+        running_here(self.run.path, True)
         self.run.keep_metrics_until(step)
         self.metrics = MetricsLog(self.run.path / "metrics.jsonl")
         self._resumes = self.run.record_resume(step, checkpoint)
@@ -236,18 +246,35 @@ class TrainingJob(Job):
             self._set("stopped" if stopped else "done", finished=time.time())
         except BaseException as e:  # noqa: BLE001 - the run must end in a state, whatever went wrong
             self.error = self.error or failure_message(e)
-            if self.run.writes and self.run.path.is_dir():
+            self._end_failed(e, trainer)
+        finally:
+            running_here(self.run.path, False)
+
+    def _end_failed(self, e: BaseException, trainer) -> None:
+        """Record the failure as far as the disk allows: a write that fails here (a full disk) never keeps the run
+        from ending `failed`, in this process (state, error) and for every reader (Run.progress)."""
+        try:
+            self._write_failure(e, trainer)
+        except OSError as write_error:
+            self.state = self.phase = "failed"
+            self.error = f"{self.error} (its failure could not be written either: {write_error.strerror or write_error})"
+
+    def _write_failure(self, e: BaseException, trainer) -> None:
+        if self.run.writes and self.run.path.is_dir():
+            try:
                 (self.run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-                # A sharded model cannot be gathered here: the other processes may not be failing with this one.
-                if (trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining)
-                        and not distributed.sharded(trainer)):
-                    try:  # never lose work: keep what was trained up to the failure, if it is sound
-                        if adapter_is_finite(trainer.model):
-                            save_adapter(trainer.model, self.run.adapter_dir)
-                            self.last_snapshot = self.step
-                    except Exception:  # noqa: BLE001
-                        pass
-            self._set("failed", finished=time.time(), failure=type(e).__name__)
+            except OSError:
+                pass  # the state below matters more than the traceback
+            # A sharded model cannot be gathered here: the other processes may not be failing with this one.
+            if (trainer is not None and self.step > 0 and not isinstance(e, NonFiniteTraining)
+                    and not distributed.sharded(trainer)):
+                try:  # never lose work: keep what was trained up to the failure, if it is sound
+                    if adapter_is_finite(trainer.model):
+                        save_adapter(trainer.model, self.run.adapter_dir)
+                        self.last_snapshot = self.step
+                except Exception:  # noqa: BLE001
+                    pass
+        self._set("failed", finished=time.time(), failure=type(e).__name__)
 
     def _train_with_oom_retry(self, trainer):
         """On a CUDA out-of-memory error before any step: halve the per-device batch (doubling accumulation, so
@@ -387,6 +414,9 @@ def failure_message(e: BaseException) -> str:
     message = user_message(e)
     if message is not None:
         return message
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return (f"The disk is full ({e.strerror}{': ' + str(e.filename) if e.filename else ''}): free some space "
+                "where STUDIO_HOME lives, then resume the run from its last checkpoint.")
     if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
         return (f"Out of memory: {e}. Lower per_device_train_batch_size (raise gradient_accumulation_steps to keep "
                 "the effective batch) or max_length, or use method qlora on a GPU.")

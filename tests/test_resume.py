@@ -137,7 +137,9 @@ def test_resume_refuses_a_finished_running_checkpointless_or_dataless_run(runs, 
         TrainingJob.resume(done)
 
     running = copy_of(runs, tmp_path, "running")
-    running.write_status(state="training", pid=os.getpid())
+    # Running in another live process (this test's parent): a live status written by this process for a run
+    # no job of it runs is a run that ended without its last write, which reads as failed (issue 21).
+    running.write_status(state="training", pid=os.getppid())
     with pytest.raises(JobBusy, match="still training"):
         TrainingJob.resume(running)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from .budget import check_rows, check_text, read_parquet
 from .text import one_line, shown, type_name, undecoded_byte
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -104,6 +105,8 @@ def read_source(source: str | Path, split: str) -> _Read:
     data = _read_bytes(path, name)
     if not data or data.isspace():  # isspace, not strip: no copy of a file that may be a gigabyte
         raise DataError(f"{name} is empty: it holds no records.")
+    if fmt != "parquet":
+        check_text(data, name, fmt)  # the decoded-text and row budget, before decoding
     if fmt == "parquet":
         return _Read(fmt, name, *_read_parquet(data, name), [])
     if fmt == "jsonl":
@@ -114,8 +117,10 @@ def read_source(source: str | Path, split: str) -> _Read:
         raise DataError(f"{name} is empty: it holds no records.")
     if fmt == "csv":
         records, faults, csv_notes = _parse_csv(text, name)
+        check_rows(len(records) + len(faults), name)
         return _Read(fmt, name, records, faults, notes + csv_notes)
     records, faults = _parse_json(text, name)
+    check_rows(len(records or []) + len(faults), name)
     if records is None:
         # A .json file that is really JSON Lines is a common mix-up; read it as such.
         text, notes = _decode(data, name, strict=False)
@@ -355,11 +360,10 @@ def _check_header(header: list[str], name: str) -> None:
 
 
 def _read_parquet(data: bytes, name: str) -> tuple[list[tuple[int, dict]], list[dict]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = read_parquet(data, name)  # stops past the decoded-text budget
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
         raise DataError(f"Cannot read {name} as Parquet (truncated or corrupt file?): {one_line(exc)}") from None
     counts = Counter(table.column_names)

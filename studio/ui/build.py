@@ -27,6 +27,7 @@ from .common import Services
 from .compare_tab import CompareTab
 from .data_tab import DataTab
 from .glossary import glossary_markdown, glossary_script
+from .guard import guard_middleware
 from .label_tab import LabelTab
 from .runs_tab import RunsTab
 from .train_tab import TrainTab
@@ -122,6 +123,8 @@ def launch_options() -> dict:
         "head": glossary_script() + f"<script>{(ASSETS / 'studio.js').read_text(encoding='utf-8')}</script>",
         "allowed_paths": [str(exports_dir())],
         "footer_links": ["api", "gradio"],
+        # The one gate every request passes, Gradio's own routes and its file route included (guard.py).
+        "app_kwargs": {"middleware": [guard_middleware()]},
     }
 
 

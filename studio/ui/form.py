@@ -57,6 +57,18 @@ def bounds_text(m) -> str:
                      if m.get(key) is not None)
 
 
+def setting_number(**kwargs) -> gr.Number:
+    """A number box whose value reaches RunConfig as it was sent: the config checks it exactly as the CLI does.
+
+    gr.Number's own preprocess would round 2.5 to 2 for a whole number (precision=0) and raise a traceback on
+    NaN, inf or text before any handler runs; here 2.5, NaN, inf and text are refused by RunConfig with the
+    setting's name. (Not a subclass: Gradio writes a .pyi stub beside any module that subclasses a component.)
+    """
+    box = gr.Number(**kwargs)
+    box.preprocess = lambda payload: payload
+    return box
+
+
 def config_from_widgets(values: dict, cls=RunConfig) -> RunConfig:
     """Widget values by field name -> a validated config; a ConfigError names the field by its label too."""
     changes = {}
@@ -133,11 +145,11 @@ def widget(f: dataclasses.Field, value, cls=RunConfig, model_choices: list[str] 
         # A Number left empty has no default in the API (clients would have to send it): empty text = None.
         return gr.Textbox(placeholder="empty: off", **common)
     if kind is int:
-        return gr.Number(precision=0, **common)
+        return setting_number(precision=0, **common)
     if kind is float:
         if m.get("ge") is not None and m.get("lt") is not None and m["lt"] <= 1 and not _optional(cls, name):
             return gr.Slider(m["ge"], m["lt"] - 0.01, step=0.01, **common)
-        return gr.Number(**common)
+        return setting_number(**common)
     return gr.Textbox(placeholder=AUTO if _optional(cls, name) else None, **common)
 
 

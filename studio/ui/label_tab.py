@@ -11,13 +11,13 @@ as it is. Generating, judging and the next round are boxes from `loop.py` (jobs 
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from studio.access import access_mode, labeller_name
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
 
@@ -150,7 +150,7 @@ class LabelTab:
               inputs=inputs, outputs=self.remember, api_visibility="private", show_progress="hidden",
               queue=False)
         for choice, button in self.buttons.items():
-            button.click(functools.partial(self.choose, choice), inputs=[*inputs, self.pair],
+            button.click(self._chooser(choice), inputs=[*inputs, self.pair],
                          outputs=self.view_outputs, api_name=f"label_{choice.lower()}", show_progress="hidden",
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="label_undo",
@@ -174,7 +174,7 @@ class LabelTab:
         self.next_round.connect(train, self.tab, self.pool, self.labeller)
 
     # --- handlers ---
-    def restore(self, pool_id: str | None, name: str | None, remembered: dict | None):
+    def restore(self, pool_id: str | None, name: str | None, remembered: dict | None, request: gr.Request = None):
         """Refresh the pool list and show the next pair; a fresh page takes its name and pool from the browser."""
         remembered = remembered or {}
         # Fill the name only from the browser's memory: a name being typed right now is never overwritten.
@@ -183,9 +183,9 @@ class LabelTab:
         ids = [value for _, value in pool_choices()]
         wanted = pool_id or remembered.get("pool")
         pool_id = wanted if wanted in ids else (ids[0] if ids else None)
-        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name_out, *self.show(pool_id, name))
+        return (gr.Dropdown(choices=pool_choices(), value=pool_id), name_out, *self.show(pool_id, name, request=request))
 
-    def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None):
+    def show(self, pool_id: str | None, name: str | None, pair_id: str | None = None, request: gr.Request = None):
         """(progress, prompt, A, B, pair id, labeller choices) for this person's next pair (or `pair_id`)."""
         if not pool_id:
             return ("No pool yet: generate one above.",
@@ -194,12 +194,15 @@ class LabelTab:
             pool = get_pool(pool_id)
         except FileNotFoundError as e:
             return (str(e), "", "", "", None, gr.Dropdown(choices=[ALL], value=ALL))
+        # With a sign-in, decisions are recorded under the signed-in name whatever the box says (access.labeller_name).
+        name = labeller_name(request, name)
         who = human(name)
         view = pair_view(pool, pair_id) if pair_id else next_pair(pool, who)
         p = pool.progress(who)
         counter = (f"**{p['labelled']} of {p['total']}** pairs labelled by `{who}`"
                    + (f" · {p['skipped']} skipped" if p["skipped"] else "")
-                   + ("" if name else " · type your name to label as yourself"))
+                   + ("" if name else " · type your name to label as yourself" if access_mode() == "open"
+                      else " · sign in to label"))
         labellers = gr.Dropdown(choices=[ALL, *pool.labellers()])
         if view is None:
             done = "All pairs labelled." if p["total"] else "This pool has no pairs yet."
@@ -210,42 +213,51 @@ class LabelTab:
     def after_generate(self, name: str | None, remembered: dict | None):
         return self.restore(self.generate.latest_pool(), name, remembered)
 
-    def after_judge(self, pool_id: str | None, name: str | None):
+    def after_judge(self, pool_id: str | None, name: str | None, request: gr.Request = None):
         job = self.judge.job
         counts = job.result if job is not None else None
         if not counts or job.pool_id != pool_id:  # the page shows another pool now
-            return (gr.skip(), *self.show(pool_id, name))
-        return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
+        return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name, request=request))
 
-    def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None):
+    def _chooser(self, choice: str):
+        # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
+        def choose(pool_id: str | None, name: str | None, pair_id: str | None, request: gr.Request = None):
+            return self.choose(choice, pool_id, name, pair_id, request)
+
+        choose.__name__ = f"choose_{choice.lower()}"
+        return choose
+
+    def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None,
+               request: gr.Request = None):
         if pool_id and pair_id:
-            self._save(choice, pool_id, name, pair_id)  # a deleted pool: a warning, and the page stays alive
-        return self.show(pool_id, name)
+            self._save(choice, pool_id, human(labeller_name(request, name)), pair_id)  # a deleted pool: a warning
+        return self.show(pool_id, name, request=request)
 
     @user_errors("Not saved")
-    def _save(self, choice: str, pool_id: str, name: str | None, pair_id: str) -> None:
-        label_human(pool_id, pair_id, choice, human(name))
+    def _save(self, choice: str, pool_id: str, who: str, pair_id: str) -> None:
+        label_human(pool_id, pair_id, choice, who)
 
     @user_errors("Cannot undo")  # a pool deleted meanwhile: a warning, the page as it was
-    def undo(self, pool_id: str | None, name: str | None):
+    def undo(self, pool_id: str | None, name: str | None, request: gr.Request = None):
         if not pool_id:
-            return self.show(pool_id, name)
-        pair_id = undo_human(pool_id, human(name))
+            return self.show(pool_id, name, request=request)
+        pair_id = undo_human(pool_id, human(labeller_name(request, name)))
         if pair_id is None:
             gr.Info("Nothing to undo.")
-        return self.show(pool_id, name, pair_id)
+        return self.show(pool_id, name, pair_id, request=request)
 
-    def apply_rubric(self, pool_id: str | None, name: str | None, text: str):
+    def apply_rubric(self, pool_id: str | None, name: str | None, text: str, request: gr.Request = None):
         if not pool_id:
             gr.Warning("Pick a pool first.")
-            return (gr.skip(), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
         labelled = self._label_with_rubric(pool_id, text)
         if labelled is None:
-            return (gr.skip(), *self.show(pool_id, name))
+            return (gr.skip(), *self.show(pool_id, name, request=request))
         pool, rubric, counts = labelled
         gr.Info(f"{rubric.labeller}: {counts['win']} with a winner, {counts['tie']} ties, "
                 f"{counts['both_bad']} both bad.")
-        return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name))
+        return (decisions_frame(pool, rubric.labeller), *self.show(pool_id, name, request=request))
 
     @user_errors("Cannot apply the rubric", lambda self, message: None)
     def _label_with_rubric(self, pool_id: str, text: str):

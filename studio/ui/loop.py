@@ -17,7 +17,7 @@ from studio.access import require_user
 from studio.config import PRESETS_DIR, preset_names
 from studio.data import FORMATS
 from studio.errors import ConfigError, DataError, StudioError
-from studio.files import check_data_source
+from studio.files import check_data_source, check_web_model, check_web_source, web_config
 from studio.generate import K_RANGE, check_k, generate_pool, load_prompts, resolve_source, round_of
 from studio.label import DEFAULT_TEMPLATE, WEAK_JUDGE_NOTE, Judge, check_template, judge_pool
 from studio.pools import get_pool, preference_files
@@ -167,7 +167,8 @@ class GenerateBox(JobBox):
         settings = generation_from_widgets("pool", max_new_tokens=int(max_new_tokens or 0),
                                            temperature=float(temperature), top_p=float(top_p or 1.0),
                                            seed=int(seed or 0))
-        answerer = resolve_source(model or "embedded")  # a run without an adapter is refused here, not in the job
+        model = check_web_source(model or "embedded")  # a run id, or a model the web app may load
+        answerer = resolve_source(model)  # a run without an adapter is refused here, not in the job
 
         def work(job):
             import torch
@@ -228,7 +229,7 @@ class JudgeBox(JobBox):
             raise DataError("Pick a pool first.")
         pool = get_pool(pool_id)
         check_template(template)
-        spec = (model or "").strip() or "embedded"
+        spec = check_web_model((model or "").strip() or "embedded")
 
         def work(job):
             import torch
@@ -319,8 +320,9 @@ class NextRoundBox(JobBox):
             raise DataError("Pick a labelled pool first.")
         base = config_from_widgets(fields)
         if include_original:  # a path from the form: the web app reads it only inside its allowed folders
-            base = base.replace(data=check_data_source(base.data),
-                                eval_data=check_data_source(base.eval_data) if base.eval_data else None)
+            base = web_config(base)
+        else:  # the pool's preference file is the data; the model still comes from a browser
+            base = base.replace(model=check_web_model(base.model) or base.model)
         if start_from == "continue" and not parent:
             raise ConfigError("Pick the run whose adapter this round continues, or start from the base model.")
         labeller = None if labeller in (None, "", "(everyone)") or feedback == "thumbs" else labeller

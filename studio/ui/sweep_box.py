@@ -16,7 +16,7 @@ from studio.access import require_user
 from studio.config import label_of, preset_names, sweepable
 from studio.errors import ConfigError, StudioError
 from studio.estimate import sweep_estimate
-from studio.files import check_data_source
+from studio.files import check_data_source, web_config
 from studio.probes import PROBE_MAX_NEW_TOKENS, probe_settings
 from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, value_text
 
@@ -189,8 +189,7 @@ class SweepBox:
         require_user(request, "start a sweep")
         grid = grid_of(key1, values1, key2, values2)
         cfg = config_from_widgets(fields)
-        cfg = cfg.replace(data=check_data_source(cfg.data),
-                          eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
+        cfg = web_config(cfg)  # every path a browser sent (data, model, adapter) checked
         probes = prompt_lines(prompts) or None
         sweep = Sweep(cfg, grid, preset=preset if preset in preset_names() else None, probes=probes,
                       settings=probe_settings(int(max_new_tokens or PROBE_MAX_NEW_TOKENS))).start()

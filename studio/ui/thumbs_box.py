@@ -8,11 +8,11 @@ so a reload or a second browser resumes where it stopped. The verdicts become KT
 
 from __future__ import annotations
 
-import functools
 import html
 
 import gradio as gr
 
+from studio.access import access_mode, labeller_name
 from studio.pools import get_pool, human
 from studio.thumbs import answer_view, next_answer, progress, thumb, to_kto, undo_thumb
 
@@ -79,7 +79,7 @@ class ThumbsBox:
         gr.on([tab.select, pool.change, name.submit, name.blur], self.show, inputs=inputs, outputs=self.view_outputs,
               api_name="thumbs_view", show_progress="hidden", concurrency_limit=None)
         for verdict, button in self.buttons.items():
-            button.click(functools.partial(self.choose, verdict), inputs=[*inputs, self.answer],
+            button.click(self._chooser(verdict), inputs=[*inputs, self.answer],
                          outputs=self.view_outputs, api_name=f"thumbs_{verdict}", show_progress="hidden",
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="thumbs_undo",
@@ -87,7 +87,7 @@ class ThumbsBox:
         self.export_btn.click(self.export, inputs=pool, outputs=self.export_status, api_name="thumbs_export")
 
     # --- handlers ---
-    def show(self, pool_id: str | None, name: str | None, answer_id: str | None = None):
+    def show(self, pool_id: str | None, name: str | None, answer_id: str | None = None, request: gr.Request = None):
         """(progress, prompt, answer, answer id) for this person's next answer (or `answer_id`)."""
         if not pool_id:
             return "No pool yet: generate one above.", "", "", None
@@ -95,33 +95,46 @@ class ThumbsBox:
             pool = get_pool(pool_id)
         except FileNotFoundError as e:
             return str(e), "", "", None
+        # With a sign-in, thumbs are recorded under the signed-in name whatever the box says (access.labeller_name).
+        name = labeller_name(request, name)
         who = human(name)
         view = answer_view(pool, answer_id) if answer_id else next_answer(pool, who)
         p = progress(pool, who)
         counter = (f"**{p['judged']} of {p['total']}** answers judged by `{who}` (👍 {p['up']} · 👎 {p['down']}"
                    + (f" · {p['skip']} skipped" if p["skip"] else "") + ")"
-                   + ("" if name else " · type your name to judge as yourself"))
+                   + ("" if name else " · type your name to judge as yourself" if access_mode() == "open"
+                      else " · sign in to judge"))
         if view is None:
             done = "Every answer judged." if p["total"] else "This pool has no answers yet."
             return counter, f"{done} Write the KTO file below.", "", None
         return counter, f"**Prompt:** {_quote(view['prompt'])}", _quote(view["text"]), view["answer"]
 
-    def choose(self, verdict: str, pool_id: str | None, name: str | None, answer_id: str | None):
+    def _chooser(self, verdict: str):
+        # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
+        def choose(pool_id: str | None, name: str | None, answer_id: str | None, request: gr.Request = None):
+            return self.choose(verdict, pool_id, name, answer_id, request)
+
+        choose.__name__ = f"thumbs_{verdict}"
+        return choose
+
+    def choose(self, verdict: str, pool_id: str | None, name: str | None, answer_id: str | None,
+               request: gr.Request = None):
         if pool_id and answer_id:
-            self._save(verdict, pool_id, name, answer_id)
-        return self.show(pool_id, name)
+            self._save(verdict, pool_id, human(labeller_name(request, name)), answer_id)
+        return self.show(pool_id, name, request=request)
 
     @user_errors("Not saved")
-    def _save(self, verdict: str, pool_id: str, name: str | None, answer_id: str) -> None:
-        thumb(pool_id, answer_id, verdict, human(name))
+    def _save(self, verdict: str, pool_id: str, who: str, answer_id: str) -> None:
+        thumb(pool_id, answer_id, verdict, who)
 
-    def undo(self, pool_id: str | None, name: str | None):
+    @user_errors("Cannot undo")
+    def undo(self, pool_id: str | None, name: str | None, request: gr.Request = None):
         if not pool_id:
-            return self.show(pool_id, name)
-        answer_id = undo_thumb(pool_id, human(name))
+            return self.show(pool_id, name, request=request)
+        answer_id = undo_thumb(pool_id, human(labeller_name(request, name)))
         if answer_id is None:
             gr.Info("Nothing to undo.")
-        return self.show(pool_id, name, answer_id)
+        return self.show(pool_id, name, answer_id, request=request)
 
     @user_errors("Cannot write the KTO file", lambda self, message: f"⚠️ {message}")
     def export(self, pool_id: str | None):

@@ -18,12 +18,13 @@ from studio.config import (
 )
 from studio.access import require_user
 from studio.data.findings import SMALL_EVAL
-from studio.training_data import check_sources, eval_source, held_out_count
-from studio.files import check_data_source
+from studio.training_data import eval_source, held_out_count
+from studio.files import web_config
+from studio.store import find
 from studio.errors import ConfigError, StudioError
-from studio.models import EMBEDDED, resolve_model
+from studio.models import EMBEDDED
 from studio.runs import LIVE_STATES, Run, list_runs, runs_root
-from studio.training import TrainingJob
+from studio.training import TrainingJob, check_run
 
 from . import charts
 from .common import user_errors
@@ -59,6 +60,14 @@ def card_markdown(preset) -> str:
     return "\n\n".join(line for line in lines if line)
 
 
+def is_run(run_id) -> bool:
+    try:
+        find("runs", run_id, "status.json")
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def progress_of(run_id: str, job: TrainingJob | None) -> dict:
     """The live job's progress when it is this run, else what the run folder says."""
     return job.progress() if job is not None and job.run.id == run_id else Run(runs_root() / run_id).progress()
@@ -66,8 +75,7 @@ def progress_of(run_id: str, job: TrainingJob | None) -> dict:
 
 def web_data(cfg: RunConfig) -> RunConfig:
     """The config with its data paths checked against the folders the web app may read (AccessError if not)."""
-    return cfg.replace(data=check_data_source(cfg.data),
-                       eval_data=check_data_source(cfg.eval_data) if cfg.eval_data else None)
+    return web_config(cfg)
 
 
 def is_preset_data(path: str) -> bool:
@@ -293,9 +301,10 @@ class TrainTab:
         require_user(request, "start training")
         preset = values.pop("preset", None)
         cfg = web_data(config_from_widgets(values))
-        check_sources(cfg)
-        resolve_model(cfg.model)  # a model that cannot be had here is refused before a run folder exists
-        job = TrainingJob(cfg, preset=preset or None).start()
+        # As the CLI checks it: the backend, the model, its LoRA targets and the data, before a run folder exists.
+        job = TrainingJob(cfg, preset=preset or None)
+        check_run(job.config)
+        job.start()
         progress = job.progress()
         return {self.status: status_html(progress), self.view: {"run": job.run.id, "rows": 0, "state": progress["state"]},
                 **{self.charts[k]: fig for k, fig in charts.training_figures([], cfg.objective).items()},
@@ -323,7 +332,7 @@ class TrainTab:
         run_id = view.get("run")
         if job is not None and job.run.id != run_id:
             run_id = job.run.id  # a run started elsewhere (another browser, the API): follow it
-        elif run_id is None or not Run(runs_root() / run_id).exists():
+        elif run_id is None or not is_run(run_id):  # an id is a name among the runs, never a path
             run_id = _newest_run_id()
         out: dict = {}
         if run_id is None:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from studio import jobs
 from studio.access import require_user
+from studio.files import check_web_source
 from studio.config import PRESETS_DIR
 from studio.errors import ConfigError, EvalError
 from studio.generate import BASELINE_WORDS, resolve_source, round_of
@@ -222,6 +223,7 @@ class WinRateBox(JobBox):
               request: gr.Request = None):
         require_user(request, "measure a win rate")
         a, b = (model_a or BASELINE).strip(), (model_b or BASELINE).strip()
+        a, b = (m if m.lower() in BASELINE_WORDS else check_web_source(m) for m in (a, b))
         if a == b or (a.lower() in BASELINE_WORDS and b.lower() in BASELINE_WORDS):
             raise ConfigError("Model A and model B are the same; pick two different models.")
         # Resolved now, so a run without an adapter is refused here and not in the job.
@@ -231,7 +233,7 @@ class WinRateBox(JobBox):
             raise EvalError("Write at least one held-out prompt, one a line.")
         settings = generation_from_widgets("winrate", max_new_tokens=int(max_new_tokens or 0))
         rubric = load_rubric(rubric_text) if decider == "rubric" else None
-        spec = (judge_model or "").strip() or "embedded"
+        spec = check_web_source((judge_model or "").strip() or "embedded")
         if decider == "judge":
             check_template(template)
 
