@@ -21,8 +21,9 @@ from pathlib import Path
 from .config import PRESETS_DIR, studio_home
 from .data import FORMATS, file_kind, is_hub_id
 from .errors import AccessError, ConfigError, DataError
+from .models import is_embedded
 from .runs import data_in_use
-from .store import atomic_path, find, is_child, is_name, pools_root, runs_root, uploads_root
+from .store import atomic_path, find, is_child, is_name, models_root, pools_root, runs_root, uploads_root
 
 DEFAULT_MAX_UPLOAD_MB = 200  # the largest public preference sets (UltraFeedback, HH-RLHF) are under this
 DEFAULT_UPLOAD_MAX_AGE_HOURS = 24 * 7
@@ -262,7 +263,7 @@ def _remove_quietly(path: Path) -> None:
 
 def allowed_model_roots() -> list[Path]:
     """Folders a model named in the web app may lie in: the studio's model cache and STUDIO_DATA_DIRS."""
-    return list(dict.fromkeys([(studio_home() / "models").resolve(), *data_dirs()]))
+    return list(dict.fromkeys([models_root().resolve(), *data_dirs()]))
 
 
 def check_web_model(spec: str) -> str:
@@ -271,7 +272,6 @@ def check_web_model(spec: str) -> str:
     A folder outside them and a folder that does not exist get the same message, so nothing is learnt about
     the server's folders.
     """
-    from .models import is_embedded
 
     text = str(spec or "").strip()
     if not text or is_embedded(text):

@@ -1,8 +1,8 @@
 """How much of a model's context a chat prompt takes, checked before any generation starts.
 
     tokens = prompt_tokens(tokenizer, messages)          # the conversation through the chat template
-    check_prompt(tokens, max_new_tokens=200, context=8192)  # PromptError when it cannot fit
-    budget_line(tokens, 200, 8192)                        # "12 tokens of the model's 8,192 …"
+    check_prompt(tokens, settings.max_new_tokens, context=8192)  # PromptError when it cannot fit
+    budget_line(tokens, settings.max_new_tokens, 8192)           # "12 tokens of the model's 8,192 …"
 
 A prompt longer than the context would be cut by the model without a word (or fail); one that leaves no
 room for the answer would stop at once. Both are refused with the numbers, before the model is loaded.

@@ -27,7 +27,7 @@ from pathlib import Path
 from . import distributed
 from .config import studio_home
 from .runs import get_run
-from .store import publish_folder, staging_folder
+from .store import publish_folder, root, staging_folder
 
 FORMAT = 1  # bump when what is stored changes
 COLUMNS = {"dpo": ("ref_chosen_logps", "ref_rejected_logps"), "kto": ("ref_logps", "ref_KL_logps")}
@@ -35,7 +35,7 @@ TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "completion_ids", "
 
 
 def cache_root() -> Path:
-    return studio_home() / "refcache"
+    return root("refcache")
 
 
 def usage() -> dict:

@@ -37,9 +37,11 @@ FOLDERS = {
     "exports": "exports",
     "grids": "exports/grids",  # under exports, which the web app serves downloads from
     "models": "models",
+    "refcache": "refcache",  # reference log-probs computed once (refcache.py)
 }
 NOUNS = {"runs": "run", "pools": "pool", "sweeps": "sweep", "uploads": "upload", "exports": "export",
-         "grids": "grid", "models": "model"}
+         "grids": "grid", "models": "model",
+         "refcache": "reference cache entry"}
 # Letters, digits, '.', '_' and '-', starting with a letter or digit: never '', '.', '..', a '/' or a '\'.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LABEL_CHARS = 60  # the readable part of a claimed id

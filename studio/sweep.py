@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, coerce, field_names, resolve_for_hardware
-from .errors import NotFound
 from .jobs import Job, active as active_job
 from .runs import Run
 from .store import atomic_write, check_name, children, claim_folder, find, slug, sweeps_root
@@ -253,10 +252,7 @@ def load_sweep(sweep: str | Path) -> dict:
 
 def sweep_grid(sweep_id: str) -> dict | None:
     """The probe grid a sweep built (grid.json in its folder), or None before it has one."""
-    try:
-        path = find("sweeps", sweep_id) / "grid.json"
-    except NotFound:
-        return None
+    path = find("sweeps", sweep_id) / "grid.json"  # NotFound for a name that is no sweep here
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import time
 
+from transformers import TrainerCallback
+
 from studio.config import RunConfig
 
 
@@ -35,3 +37,14 @@ def free_port() -> int:
 DATA_OUTPUTS = ("summary", "prompt", "chosen", "rejected", "system", "raw", "histogram", "dropped", "preview", "data",
                 "eval_data", "prompt_col", "chosen_col", "rejected_col", "system_col", "findings", "drop_kinds",
                 "suspect_rows")
+
+
+class At(TrainerCallback):
+    """Does `action(model)` at the end of step `step`: the fault a test injects into a real run."""
+
+    def __init__(self, step, action):
+        self.step, self.action = step, action
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            self.action(model)

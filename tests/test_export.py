@@ -483,6 +483,7 @@ def test_model_card_front_matter_comes_from_the_run(exported, tmp_path):
 # --- issue 23: names, metadata, the Modelfile's settings, refusals, the reference answer -------------
 
 
+@pytest.mark.slow
 def test_gguf_is_named_base_objective_run_quant_with_matching_metadata(exported, readers):
     from studio.hub import EMBEDDED_LICENSE
 
@@ -502,6 +503,7 @@ def test_gguf_is_named_base_objective_run_quant_with_matching_metadata(exported,
         assert value(reader, "general.license") == EMBEDDED_LICENSE
 
 
+@pytest.mark.slow
 def test_modelfile_carries_the_chats_greedy_settings_the_context_and_the_licence(exported):
     from studio.generation import DEFAULTS
 
@@ -518,6 +520,7 @@ def test_modelfile_carries_the_chats_greedy_settings_the_context_and_the_licence
     assert dict(pairs)["LICENSE"] == EMBEDDED_LICENSE
 
 
+@pytest.mark.slow
 def test_out_holding_another_formats_export_is_refused_and_kept(exported, tmp_path, capsys):
     run, _, _ = exported
     out = tmp_path / "adapter-here"
@@ -531,6 +534,7 @@ def test_out_holding_another_formats_export_is_refused_and_kept(exported, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == before  # the adapter export is still there, untouched
 
 
+@pytest.mark.slow
 def test_quant_with_a_format_other_than_gguf_is_refused_by_name(exported, tmp_path, capsys):
     run, _, _ = exported
     assert main(["export", run.id, "--format", "merged", "--quant", "q8_0", "--out", str(tmp_path / "m")]) == 2
@@ -538,6 +542,7 @@ def test_quant_with_a_format_other_than_gguf_is_refused_by_name(exported, tmp_pa
     assert "--quant q8_0 applies to the gguf format only" in err and not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_the_reference_answer_is_the_merged_exports_greedy_answer_token_for_token(exported):
     """The Chat tab's *Reference answer* (an fp32 engine, one answer at a time, the chat's own settings) against the
     merged fp16 export loaded by plain transformers: the same tokens, at the chat's default length."""

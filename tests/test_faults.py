@@ -10,26 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from studio.runs import Run, get_run
 from studio.training import TrainingJob
 
-from helpers import quick_config, wait_for
+from helpers import At, quick_config, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # every test trains
-
-
-class At(TrainerCallback):
-    """Does `action(model)` at the end of step `step`: the fault a test injects into a real run."""
-
-    def __init__(self, step, action):
-        self.step, self.action = step, action
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step == self.step:
-            self.action(model)
 
 
 def poison(model):

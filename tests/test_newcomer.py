@@ -15,7 +15,7 @@ import pytest
 from studio.export import export_run
 from studio.runs import Run
 from studio.training import TrainingJob
-from test_training import quick_config
+from helpers import quick_config
 
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-dev.txt").expect
 

@@ -16,8 +16,7 @@ from studio import jobs, runs
 from studio.runs import Run, delete_run
 from studio.training import TrainingJob
 
-from test_faults import At
-from test_training import quick_config
+from helpers import At, quick_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +26,7 @@ class FullDisk:
 
     def __init__(self, monkeypatch, folder_of):
         self.full, self.folder_of = False, folder_of
-        real_open, real_path_open, real_atomic = builtins.open, pathlib.Path.open, runs._atomic_write
+        real_open, real_path_open, real_atomic = builtins.open, pathlib.Path.open, runs.atomic_write
 
         def refuse(path, mode="r"):
             folder = self.folder_of()
@@ -54,7 +53,7 @@ class FullDisk:
 
         monkeypatch.setattr(builtins, "open", fake_open)
         monkeypatch.setattr(pathlib.Path, "open", fake_path_open)
-        monkeypatch.setattr(runs, "_atomic_write", fake_atomic)
+        monkeypatch.setattr(runs, "atomic_write", fake_atomic)
 
     def on(self, *_):
         self.full = True
@@ -85,15 +84,15 @@ def test_a_write_that_fails_before_the_run_starts_is_a_refusal_and_frees_the_slo
                                                                                    monkeypatch):
     from studio.errors import StudioError
 
-    real = runs._atomic_write
+    real = runs.atomic_write
 
     def full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(runs, "_atomic_write", full)
+    monkeypatch.setattr(runs, "atomic_write", full)
     with pytest.raises(StudioError, match="disk is full"):
         TrainingJob(quick_config(style_pairs)).start()
-    monkeypatch.setattr(runs, "_atomic_write", real)
+    monkeypatch.setattr(runs, "atomic_write", real)
     assert jobs.holder() is None and TrainingJob.active() is None
 
 
