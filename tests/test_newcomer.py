@@ -202,7 +202,7 @@ def test_every_export_format_downloads_from_the_runs_tab(app_url, trained, open_
         block = page.locator(f"#{elem}")
         expect(block).to_be_visible(timeout=30_000)
         for entry in record["files"]:
-            row = block.locator("tr", has_text=entry["name"]).first
+            row = block.get_by_role("row", name=re.compile(re.escape(entry["name"]))).first  # "README .md" in cells
             expect(row).to_be_visible()
             mb = entry["bytes"] / 1e6
             # Gradio prints each file's size beside its link.
@@ -210,7 +210,7 @@ def test_every_export_format_downloads_from_the_runs_tab(app_url, trained, open_
             if mb > 50:
                 continue  # the big weight files: their link is there; one of them is downloaded below
             with page.expect_download() as info:
-                row.locator("a").first.click()
+                row.get_by_role("link").first.click()
             saved = tmp_path / f"{key}-{entry['name']}"
             info.value.save_as(saved)
             expected = Path(record["path"]) / entry["name"]
@@ -219,7 +219,8 @@ def test_every_export_format_downloads_from_the_runs_tab(app_url, trained, open_
     gguf = records["gguf-q8_0"]["gguf"]
     assert gguf == f"SmolLM2-135M-Instruct-dpo-{trained.id}-q8_0.gguf"
     with page.expect_download() as info:
-        page.locator("#runs-download-gguf-q8_0 tr", has_text=gguf).first.locator("a").first.click()
+        page.locator("#runs-download-gguf-q8_0").get_by_role("row", name=re.compile(re.escape(gguf))).first \
+            .get_by_role("link").first.click()
     saved = tmp_path / gguf
     info.value.save_as(saved)
     assert saved.stat().st_size == (Path(records["gguf-q8_0"]["path"]) / gguf).stat().st_size
