@@ -10,6 +10,7 @@ import functools
 import gc
 import html
 import inspect
+import json
 import logging
 import threading
 import time
@@ -166,3 +167,31 @@ def overlay(run_ids: list[str] | None) -> tuple:
             continue  # deleted meanwhile
     return (charts.compare_figure(series, "rewards/margins", "Reward margins", "margin"),
             charts.compare_figure(series, "loss", "DPO loss", "loss"))
+
+
+def key_shortcuts(flag: str, buttons) -> str:
+    """The page script that clicks a button on its key, installed once per page (`flag`): only while the button is
+    laid out (its tab shows) and the focus is not in a text field, so typing a name never clicks anything.
+    `buttons`: (label, elem_id, key) for each."""
+    keymap = {key: elem_id for _, elem_id, key in buttons}
+    return """
+if (!window.%s) {
+  window.%s = true;
+  const map = %s;
+  document.addEventListener('keydown', (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    const t = e.target;
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
+    const id = map[e.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (!button || button.offsetParent === null || button.disabled) return;
+    e.preventDefault();
+    button.click();
+  });
+}
+""" % (flag, flag, json.dumps(keymap))
+
+
+def quote_answer(text: str) -> str:
+    """Model output as Markdown text: shown as written, never as markup the model happened to write."""
+    return html.escape(text or "").replace("\n", "  \n") or "*(empty answer)*"

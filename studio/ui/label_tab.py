@@ -11,7 +11,6 @@ as it is. Generating, judging and the next round are boxes from `loop.py` (jobs 
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import gradio as gr
@@ -21,7 +20,7 @@ from studio.access import access_mode, labeller_name
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
 
-from .common import Services, user_errors
+from .common import Services, key_shortcuts, quote_answer, user_errors
 from .loop import GenerateBox, JudgeBox, NextRoundBox
 from .thumbs_box import ThumbsBox
 
@@ -35,24 +34,7 @@ BUTTONS = {  # choice -> (label, elem_id, key)
     "skip": ("Skip", "label-btn-skip", "s"),
 }
 UNDO = ("Undo", "label-btn-undo", "z")
-# Installed once per page: a key clicks its button while the Label tab shows (the button is laid out) and the
-# focus is not in a text field, so typing a name never labels anything.
-KEYS_JS = """
-if (!window.__dsLabelKeys) {
-  window.__dsLabelKeys = true;
-  const map = %s;
-  document.addEventListener('keydown', (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-    const t = e.target;
-    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
-    const id = map[e.key.toLowerCase()];
-    const button = id && document.getElementById(id);
-    if (!button || button.offsetParent === null || button.disabled) return;
-    e.preventDefault();
-    button.click();
-  });
-}
-""" % {key: elem_id for _, elem_id, key in [*BUTTONS.values(), UNDO]}
+KEYS_JS = key_shortcuts("__dsLabelKeys", [*BUTTONS.values(), UNDO])
 
 
 def pool_choices() -> list[tuple[str, str]]:
@@ -61,11 +43,6 @@ def pool_choices() -> list[tuple[str, str]]:
         s = pool.summary()
         choices.append((f"{pool.id} · {s['kind']} · {s['pairs']} pairs · {s['state']}", pool.id))
     return choices
-
-
-def _quote(text: str) -> str:
-    # Answers are model output: shown as text, never as markup the model happened to write.
-    return html.escape(text or "").replace("\n", "  \n") or "*(empty answer)*"
 
 
 class LabelTab:
@@ -207,7 +184,7 @@ class LabelTab:
         if view is None:
             done = "All pairs labelled." if p["total"] else "This pool has no pairs yet."
             return counter, f"{done} Write the preference file below.", "", "", None, labellers
-        return (counter, f"**Prompt:** {_quote(view['prompt'])}", _quote(view["a"]), _quote(view["b"]), view["pair"],
+        return (counter, f"**Prompt:** {quote_answer(view['prompt'])}", quote_answer(view["a"]), quote_answer(view["b"]), view["pair"],
                 labellers)
 
     def after_generate(self, name: str | None, remembered: dict | None):

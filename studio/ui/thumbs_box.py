@@ -8,7 +8,6 @@ so a reload or a second browser resumes where it stopped. The verdicts become KT
 
 from __future__ import annotations
 
-import html
 
 import gradio as gr
 
@@ -16,7 +15,7 @@ from studio.access import access_mode, labeller_name
 from studio.pools import get_pool, human
 from studio.thumbs import answer_view, next_answer, progress, thumb, to_kto, undo_thumb
 
-from .common import user_errors
+from .common import key_shortcuts, quote_answer, user_errors
 
 BUTTONS = {  # verdict -> (label, elem_id, key)
     "up": ("👍 Thumbs up", "thumb-btn-up", "u"),
@@ -24,27 +23,7 @@ BUTTONS = {  # verdict -> (label, elem_id, key)
     "skip": ("Skip", "thumb-btn-skip", "x"),
 }
 UNDO = ("Undo", "thumb-btn-undo", "b")
-KEYS_JS = """
-if (!window.__dsThumbKeys) {
-  window.__dsThumbKeys = true;
-  const map = %s;
-  document.addEventListener('keydown', (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-    const t = e.target;
-    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
-    const id = map[e.key.toLowerCase()];
-    const button = id && document.getElementById(id);
-    if (!button || button.offsetParent === null || button.disabled) return;
-    e.preventDefault();
-    button.click();
-  });
-}
-""" % {key: elem_id for _, elem_id, key in [*BUTTONS.values(), UNDO]}
-
-
-def _quote(text: str) -> str:
-    # Answers are model output: shown as text, never as markup the model happened to write.
-    return html.escape(text or "").replace("\n", "  \n") or "*(empty answer)*"
+KEYS_JS = key_shortcuts("__dsThumbKeys", [*BUTTONS.values(), UNDO])
 
 
 class ThumbsBox:
@@ -107,7 +86,7 @@ class ThumbsBox:
         if view is None:
             done = "Every answer judged." if p["total"] else "This pool has no answers yet."
             return counter, f"{done} Write the KTO file below.", "", None
-        return counter, f"**Prompt:** {_quote(view['prompt'])}", _quote(view["text"]), view["answer"]
+        return counter, f"**Prompt:** {quote_answer(view['prompt'])}", quote_answer(view["text"]), view["answer"]
 
     def _chooser(self, verdict: str):
         # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
