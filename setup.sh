@@ -33,7 +33,7 @@ if ((dev)); then
     sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
     $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq chromium >/dev/null
   fi
-  # axe-core, the accessibility engine the browser tests inject into each tab (tests/test_a11y.py), from npm.
+  # axe-core, the accessibility engine the browser tests inject into each tab (tests/test_newcomer.py), from npm.
   if ! command -v npm >/dev/null; then
     sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
     $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq npm >/dev/null
