@@ -24,8 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-from . import distributed
-from .config import studio_home
 from .runs import get_run
 from .store import publish_folder, root, staging_folder
 
@@ -179,8 +177,6 @@ def with_ref_cache(trainer_class, cfg):
         def _precompute_ref_logps(self, dataset, name, batch_size):
             events = self.__dict__.setdefault("ref_cache", [])
             started = time.time()
-            if distributed.world_size() > 1:  # each process holds a shard: left to TRL
-                return super()._precompute_ref_logps(dataset, name, batch_size)
             key, parts = cache_key(self, dataset, cfg)
             wanted = columns if (cfg.objective != "kto" or self.calculate_KL) else columns[:1]
             found = load(key, len(dataset), wanted) if key else None

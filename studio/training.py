@@ -444,9 +444,11 @@ def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqd
     shared = cfg.trl_kwargs()
     shared.update(bf16=bool(cfg.bf16), gradient_checkpointing=bool(cfg.gradient_checkpointing))
     shared.update(obj.fixed)
-    if obj.reference:
+    if obj.reference and distributed.world_size() == 1:
         # The base model's log-probabilities of the training answers, computed once before the first step (and read
         # from studio.refcache when this model, template, data and length were seen before) instead of every step.
+        # Not across processes: TRL's precomputation then goes through a datasets cache file of the main process's
+        # temporary folder, which the other processes cannot open (measured: rank 1 failed on it under torchrun).
         shared["precompute_ref_log_probs"] = True
     fixed = dict(
         output_dir=str(output_dir),

@@ -485,7 +485,7 @@ def test_model_card_front_matter_comes_from_the_run(exported, tmp_path):
 
 @pytest.mark.slow
 def test_gguf_is_named_base_objective_run_quant_with_matching_metadata(exported, readers):
-    from studio.hub import EMBEDDED_LICENSE
+    from studio.model_card import EMBEDDED_LICENSE
 
     run, records, _ = exported
     ours, q8, _ = readers
@@ -506,9 +506,9 @@ def test_gguf_is_named_base_objective_run_quant_with_matching_metadata(exported,
 @pytest.mark.slow
 def test_modelfile_carries_the_chats_greedy_settings_the_context_and_the_licence(exported):
     from studio.generation import DEFAULTS
+    from studio.model_card import EMBEDDED_LICENSE
 
     CHAT_DEFAULTS = DEFAULTS["chat_tab"]
-    from studio.hub import EMBEDDED_LICENSE
 
     _, records, _ = exported
     pairs = parse_modelfile((Path(records["gguf-f16"]["path"]) / "Modelfile").read_text())
