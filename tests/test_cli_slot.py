@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "presets" / "data"
 HOLDER = "held by the slot test"
 # What another process reads of the holder (the lock file), as the web app's refusal says it, then the CLI's queue.
-WAITING = "A job is already running in another process (pid {pid}): {title} ({state}). " \
+# Another process's state is not in the message: its lock file is a snapshot from when it claimed the slot.
+WAITING = "A job is already running in another process (pid {pid}): {title}. " \
           "Waiting for it to finish (Ctrl-C to give up)…"
 
 # One command line per way a command loads a model; {run}, {pool}, {prompts}, {rubric} are filled in below.
