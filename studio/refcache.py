@@ -24,7 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-from .runs import get_run
 from .store import publish_folder, root, staging_folder
 
 FORMAT = 1  # bump when what is stored changes
@@ -84,8 +83,10 @@ def _start_adapter(cfg) -> str | None:
     """The hash of the adapter a run continues from: with one, TRL's reference is that adapter, not the bare base."""
     if not cfg.init_adapter:
         return None
-
-    path = get_run(cfg.init_adapter).adapter_dir / "adapter_model.safetensors"
+    folder = Path(cfg.init_adapter)  # the adapter folder (training_data / files resolve a run id to it)
+    path = folder / "adapter_model.safetensors"
+    if not path.is_file():  # a run folder given instead of its adapter/
+        path = folder / "adapter" / "adapter_model.safetensors"
     return _sha(path.read_bytes()) if path.is_file() else "missing"
 
 
