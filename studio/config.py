@@ -38,6 +38,20 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 GROUPS = ("Model", "Data", "LoRA", "Objective", "Optimisation", "Hardware")
 
 
+def positive_env(key: str, default: float, error: type[Exception] = ConfigError) -> float:
+    """A positive, finite number from the environment variable `key` (default when unset); `error` names a bad one."""
+    raw = os.environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise error(f"{key} must be a positive number, got {raw!r}.")
+    return value
+
+
 def studio_home() -> Path:
     """Where runs, uploads, pools and the model cache live."""
     return Path(os.environ.get("STUDIO_HOME", "studio_home")).resolve()

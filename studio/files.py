@@ -10,7 +10,6 @@ removed first).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import stat
@@ -18,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import PRESETS_DIR, studio_home
+from .config import PRESETS_DIR, positive_env, studio_home
 from .data import FORMATS, file_kind, is_hub_id
 from .errors import AccessError, ConfigError, DataError
 from .models import is_embedded
@@ -52,21 +51,8 @@ def preset_data_dir() -> Path:
     return PRESETS_DIR / "data"
 
 
-def _env_number(key: str, default: float) -> float:
-    raw = os.environ.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{key} must be a positive number, got {raw!r}.")
-    return value
-
-
 def max_upload_mb() -> float:
-    return _env_number("STUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)
+    return positive_env("STUDIO_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB)
 
 
 def max_upload_bytes() -> int:
@@ -196,7 +182,7 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
 
     `keep` holds paths still in use (the data of a run in progress), which stay whatever their age.
     """
-    hours = max_age_hours if max_age_hours is not None else _env_number("STUDIO_UPLOAD_MAX_AGE_HOURS",
+    hours = max_age_hours if max_age_hours is not None else positive_env("STUDIO_UPLOAD_MAX_AGE_HOURS",
                                                                       DEFAULT_UPLOAD_MAX_AGE_HOURS)
     cutoff = (now if now is not None else time.time()) - hours * 3600
     folder = uploads_root()
@@ -219,7 +205,7 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
 
 
 def max_uploads_bytes() -> int:
-    return int(_env_number("STUDIO_UPLOADS_MAX_MB", DEFAULT_UPLOADS_MAX_MB) * 2**20)
+    return int(positive_env("STUDIO_UPLOADS_MAX_MB", DEFAULT_UPLOADS_MAX_MB) * 2**20)
 
 
 def cap_uploads(keep: set[Path] | frozenset = frozenset(), limit: int | None = None) -> list[Path]:

@@ -12,34 +12,20 @@ docs/security.md); the largest public preference sets (UltraFeedback, HH-RLHF) a
 
 from __future__ import annotations
 
-import math
-import os
 
+from ..config import positive_env
 from ..errors import DataError
 
 DEFAULT_MAX_TEXT_MB = 512
 DEFAULT_MAX_ROWS = 500_000
 
 
-def _env(key: str, default: float) -> float:
-    raw = os.environ.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise DataError(f"{key} must be a positive number, got {raw!r}.")
-    return value
-
-
 def max_text_bytes() -> int:
-    return int(_env("STUDIO_MAX_TEXT_MB", DEFAULT_MAX_TEXT_MB) * 2**20)
+    return int(positive_env("STUDIO_MAX_TEXT_MB", DEFAULT_MAX_TEXT_MB, DataError) * 2**20)
 
 
 def max_rows() -> int:
-    return int(_env("STUDIO_MAX_ROWS", DEFAULT_MAX_ROWS))
+    return int(positive_env("STUDIO_MAX_ROWS", DEFAULT_MAX_ROWS, DataError))
 
 
 def _over_text(name: str, size: int, how: str) -> DataError:
