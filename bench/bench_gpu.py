@@ -162,7 +162,7 @@ class GpuMemory:
         return max(values) if values else None
 
 
-def run_one(cmd: list[str], out: Path, env: dict, timeout: float) -> dict:
+def run_one(cmd: list[str], out: Path, env: dict, timeout: float, tokens_a_step: float | None = None) -> dict:
     """Run one training process; its s/step, tokens/s, backend and versions from the run folder."""
     t0 = time.time()
     with GpuMemory(out.with_suffix(".mem")) as mem:
@@ -174,7 +174,7 @@ def run_one(cmd: list[str], out: Path, env: dict, timeout: float) -> dict:
         return result
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r and not any(k.startswith("eval_") for k in r)]
-    result.update(step_times(steps))
+    result.update(step_times(steps, tokens_a_step=tokens_a_step))
     import yaml
 
     info = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("_run", {})
@@ -183,15 +183,28 @@ def run_one(cmd: list[str], out: Path, env: dict, timeout: float) -> dict:
     return result
 
 
-def step_times(steps: list[dict], warmup: int = 2) -> dict:
-    """Median seconds a step and tokens a second, after `warmup` steps (allocator and compile warm-up)."""
+def step_times(steps: list[dict], warmup: int = 2, tokens_a_step: float | None = None) -> dict:
+    """Median seconds a step, after `warmup` steps (allocator and compile warm-up), and tokens a second.
+
+    Tokens a second are the tokens a step reads (from the data, `tokens_a_step`) over the median step: TRL's
+    logged `num_tokens` disagreed between backends on the same data (an H200, 2026-12-04: 2,875 tokens/s from
+    it for transformers+PEFT against 9,264 from the data; Unsloth's matched the data), so it is not used.
+    """
     timed = steps[warmup:] if len(steps) > warmup + 1 else steps
     gaps = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(timed, timed[1:]) if b["step"] > a["step"]]
-    out = {"s_per_step": round(statistics.median(gaps), 4) if gaps else None, "tokens_per_s": None}
-    if len(timed) > 1 and "num_tokens" in timed[-1] and timed[-1]["time"] > timed[0]["time"]:
-        out["tokens_per_s"] = round((timed[-1]["num_tokens"] - timed[0]["num_tokens"])
-                                    / (timed[-1]["time"] - timed[0]["time"]), 1)
-    return out
+    s_per_step = round(statistics.median(gaps), 4) if gaps else None
+    return {"s_per_step": s_per_step,
+            "tokens_per_s": round(tokens_a_step / s_per_step, 1) if s_per_step and tokens_a_step else None}
+
+
+def tokens_a_pair(tokenizer: Path) -> float:
+    """Tokens the policy reads for one pair of the bench data: the prompt with the chosen answer and again with
+    the rejected one (means over the file; padding not counted)."""
+    from studio.data import load_preferences
+    from studio.models import load_tokenizer
+
+    t = load_preferences(str(DATA), tokenizer=load_tokenizer(str(tokenizer))).report.tokens
+    return 2 * t["prompt"]["mean"] + t["chosen"]["mean"] + t["rejected"]["mean"]
 
 
 def bf16_fraction(tokens_per_s: float | None, params: float, gpu: str, peak_tflops: float | None) -> float | None:
@@ -311,7 +324,9 @@ def dry_run(args: argparse.Namespace, home: Path) -> list[dict]:
     print(f"fitted (for an imaginary 8 GB card, not run): {fitted}; {reason}", file=sys.stderr)
     out = home / "runs" / "dry-run"
     cmd = train_command(TINY["preset"], model_dir, "lora", "transformers", {**sizing, "max_length": 64}, 2, out)
-    result = run_one(cmd, out, {**os.environ, "STUDIO_HOME": str(home), "CUDA_VISIBLE_DEVICES": ""}, args.timeout)
+    pairs = sizing["per_device_train_batch_size"] * sizing["gradient_accumulation_steps"]
+    result = run_one(cmd, out, {**os.environ, "STUDIO_HOME": str(home), "CUDA_VISIBLE_DEVICES": ""}, args.timeout,
+                     tokens_a_step=pairs * tokens_a_pair(model_dir))
     row = {"model": "tiny", "asked_backend": "transformers", "method": "lora", "sizing": "preset",
            "sizing_settings": sizing, **result}
     if result["rc"] != 0:
@@ -355,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                         str(tokenizer)], check=True, env=env)
         model_dir = models_dir / name
         params = Shape.from_config(json.loads((model_dir / "config.json").read_text())).params
+        pair_tokens = tokens_a_pair(model_dir)
         for backend in args.backends:
             for method in args.methods:
                 preset = spec["preset"] if not (name == "1.7b" and method == "qlora") else "smollm2-1.7b-qlora"
@@ -367,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                     cmd = train_command(preset, model_dir, method, backend, sizing, args.steps, out)
                     print(f"[{name} {backend} {method} {sizing_name}] {sizing} ({reason})", file=sys.stderr, flush=True)
                     try:
-                        result = run_one(cmd, out, env, args.timeout)
+                        pairs = sizing["per_device_train_batch_size"] * sizing["gradient_accumulation_steps"]
+                        result = run_one(cmd, out, env, args.timeout, tokens_a_step=pairs * pair_tokens)
                     except subprocess.TimeoutExpired:
                         result = {"rc": 124, "error": [f"timed out after {args.timeout:.0f} s"], "wall_s": args.timeout}
                     row = {"model": name, "asked_backend": backend, "method": method, "sizing": sizing_name,

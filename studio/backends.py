@@ -33,16 +33,30 @@ UNSLOTH_MIN_GAIN_S = 0.18  # the smallest per-step saving measured (135M QLoRA: 
 UNSLOTH_MIN_STEPS = math.ceil(UNSLOTH_START_S / UNSLOTH_MIN_GAIN_S)  # 223: shorter runs finish sooner without it
 
 
-def choose_backend(requested: str, hw, planned_steps: int | None = None) -> tuple[str, str]:
+# Seen on an H200 (2026-12-04, docs/gpu.md): after `import unsloth`, transformers+PEFT LoRA runs left weights on
+# the CPU and QLoRA runs were refused as "purely quantized"; Unsloth's patches are process-wide.
+UNSLOTH_LOADED = ("backend transformers cannot train in this process: it has already loaded Unsloth, whose patches "
+                  "to transformers, PEFT and TRL break a transformers+PEFT run. Use backend auto or unsloth here, "
+                  "or train from the command line with --set backend=transformers (which then never loads Unsloth).")
+
+
+def choose_backend(requested: str, hw, planned_steps: int | None = None,
+                   unsloth_loaded: bool | None = None) -> tuple[str, str]:
     """("unsloth" | "transformers", why) for one run.
 
     `requested`: the run's backend setting. `hw`: a studio.config.Hardware (cuda, unsloth). `planned_steps`:
-    the optimizer steps the run will take (None = unknown, treated as long). An explicit "unsloth" that
-    this machine cannot run is refused with the reason.
+    the optimizer steps the run will take (None = unknown, treated as long). `unsloth_loaded`: whether this
+    process has imported Unsloth (default: look); its patches stay for every later run in the process, so
+    then auto means Unsloth and an explicit transformers is refused. An explicit "unsloth" that this
+    machine cannot run is refused with the reason.
     """
     requested = (requested or "auto").strip().lower()
     if requested not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if unsloth_loaded is None:
+        unsloth_loaded = "unsloth" in sys.modules
+    if unsloth_loaded and requested == "transformers":
+        raise ConfigError(UNSLOTH_LOADED)
     if requested == "transformers":
         return "transformers", "backend transformers was asked for"
     if not hw.cuda or not hw.unsloth:
@@ -53,6 +67,9 @@ def choose_backend(requested: str, hw, planned_steps: int | None = None) -> tupl
         return "transformers", f"Unsloth is unavailable here ({missing})"
     if requested == "unsloth":
         return "unsloth", "backend unsloth was asked for"
+    if unsloth_loaded:
+        return "unsloth", ("Unsloth is already loaded in this process, and its patches break a transformers+PEFT "
+                           "run here")
     if planned_steps is not None and planned_steps < UNSLOTH_MIN_STEPS:
         return "transformers", (f"{planned_steps} steps is too short for Unsloth: its ~{UNSLOTH_START_S:.0f} s start-up "
                                 f"pays off after ~{UNSLOTH_MIN_STEPS} steps (it saves 0.18-0.26 s a step, measured)")

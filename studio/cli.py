@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               "as one process", file=sys.stderr)
         return 2
     if getattr(args, "func", None) in (cmd_train, cmd_sweep):
-        early_import()  # Unsloth patches transformers and PEFT only if it comes first (a no-op without it)
+        early_import(*_asked_backend(args))  # Unsloth patches transformers and PEFT only if it comes first
     try:
         if args.func not in (cmd_presets, cmd_settings, cmd_data_check, cmd_compare, cmd_chat):
             check_home_writable()  # a read-only or full STUDIO_HOME: exit 2 and a message, before any work
@@ -407,6 +407,23 @@ def _quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def _asked_backend(args) -> tuple[str, int | None]:
+    """The backend and step count a train or sweep command asks for, read before anything imports torch.
+
+    Unsloth must be imported before transformers or not at all, and once imported its patches break a
+    transformers+PEFT run in the same process (seen on an H200, docs/gpu.md): so a command that asks for
+    transformers, or for a run too short to repay Unsloth, must not import it."""
+    asked = [pair.partition("=")[2].strip() for pair in args.overrides if pair.partition("=")[0].strip() == "backend"]
+    if asked:
+        return asked[-1], args.max_steps
+    if getattr(args, "resume", None):
+        return "auto", None
+    try:
+        return load_preset(args.preset or "cpu-quickstart").config.backend, args.max_steps
+    except ConfigError:
+        return "auto", args.max_steps  # the bad preset is reported by the command itself
 
 
 def cmd_train(args) -> int:

@@ -40,6 +40,29 @@ def test_an_explicit_backend_wins_or_is_refused_with_the_reason():
         choose_backend("fast", GPU_UNSLOTH)
 
 
+def test_once_unsloth_is_loaded_in_a_process_every_run_in_it_takes_unsloth():
+    """Unsloth's patches are process-wide: on an H200 a transformers+PEFT run after `import unsloth` failed (LoRA
+    weights left on the CPU, QLoRA refused). So auto means Unsloth even for a short run, and transformers is refused
+    before any run folder, with the way out."""
+    backend, why = choose_backend("auto", GPU_UNSLOTH, planned_steps=12, unsloth_loaded=True)
+    assert backend == "unsloth" and "already loaded" in why
+    with pytest.raises(ConfigError, match="already loaded Unsloth.*--set backend=transformers"):
+        choose_backend("transformers", GPU_UNSLOTH, unsloth_loaded=True)
+    assert choose_backend("transformers", GPU_UNSLOTH, unsloth_loaded=False)[0] == "transformers"
+
+
+def test_the_cli_asks_early_import_for_the_runs_backend_and_length():
+    """`train --set backend=transformers` must never import Unsloth: the backend is read from the flags, then the
+    preset, before anything imports torch."""
+    from studio.cli import _asked_backend, build_parser
+
+    parse = build_parser().parse_args
+    assert _asked_backend(parse(["train", "--set", "backend=transformers", "--max-steps", "12"])) == ("transformers", 12)
+    assert _asked_backend(parse(["train", "--preset", "cpu-quickstart"])) == ("auto", None)
+    assert _asked_backend(parse(["train", "--preset", "no-such-preset"])) == ("auto", None)
+    assert _asked_backend(parse(["sweep", "--set", "backend=unsloth", "--max-steps", "3"])) == ("unsloth", 3)
+
+
 def test_planned_steps_count_as_the_trainer_does():
     assert planned_steps(40, 1.0, 170, 2) == 40
     assert planned_steps(-1, 2.0, 170, 8) == 44  # 22 steps an epoch (the last one short), two epochs

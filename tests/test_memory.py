@@ -134,13 +134,16 @@ def test_the_shape_counts_the_real_models_weights_and_adapter(cpu_peaks):
 def test_the_activation_estimate_grows_with_the_sequence_as_measured_on_this_cpu(cpu_peaks):
     """What one more token costs, measured: the peak of a 128-token run above a 64-token run's. Fixed costs (the
     allocator, the optimizer's first state, thread stacks) cancel in the difference; the estimate's activations
-    per token are what is left, and they were calibrated on a GPU, not here."""
+    per token are what is left, and they were calibrated on a GPU, not here. How much a CPU keeps varies with its
+    kernels (oneDNN picks per instruction set): against an estimate of 742 MB, the CI machine measured 557 MB
+    (0.75x), more than this one. So the band is 0.6x-1.5x: wide enough for CPUs, narrow enough to catch a wrong
+    per-token count (a chosen or rejected side missing or doubled is 0.5x or 2x)."""
     shape = model_shape("embedded")
     short, long = (training_memory(shape, "lora", seq_len=n, pairs=2, lora_r=8, targets=["q_proj", "v_proj"],
                                    cuda=False).activations * GB for n in LENGTHS)
     measured = cpu_peaks[LENGTHS[1]]["peak"] - cpu_peaks[LENGTHS[0]]["peak"]
     assert measured > 0, cpu_peaks
-    assert (long - short) == pytest.approx(measured, rel=0.25), (long - short, measured, cpu_peaks)
+    assert 0.6 * (long - short) <= measured <= 1.5 * (long - short), (long - short, measured, cpu_peaks)
 
 
 def recipe(effective: int = 8):
