@@ -20,6 +20,7 @@ from .config import Hardware, RunConfig, label_of, resolve_for_hardware
 from .data import Columns, load_preferences
 from .runs import LIVE_STATES, Run, list_runs
 from .sweep import check_grid
+from .training_data import examples_a_pair
 
 # Settings that change the time a step takes; a measured run that differs in them gives a rougher estimate.
 STEP_COST = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "lora_r",
@@ -85,7 +86,8 @@ def measured(cfg: RunConfig, hardware: Hardware) -> Measured | None:
 
 
 def train_pairs(cfg: RunConfig) -> int:
-    """The training pairs a run of cfg gets: the data's usable pairs less the held-out share.
+    """The training examples a run of cfg gets: the data's usable pairs less the held-out share, each pair
+    counted twice for KTO (it trains on the chosen and the rejected answer as two examples).
 
     Read without a tokenizer (fast), so pairs that max_length would drop still count: an upper bound.
     """
@@ -93,17 +95,15 @@ def train_pairs(cfg: RunConfig) -> int:
     stamp = source.stat() if source.exists() else None
     return _train_pairs(cfg.data, stamp.st_mtime_ns if stamp else None, stamp.st_size if stamp else None,
                         cfg.prompt_col, cfg.chosen_col, cfg.rejected_col, cfg.system_col, cfg.eval_data,
-                        cfg.eval_fraction, cfg.seed)
+                        cfg.eval_fraction, cfg.seed, cfg.objective)
 
 
 @functools.lru_cache(maxsize=16)
 def _train_pairs(data, _mtime, _size, prompt_col, chosen_col, rejected_col, system_col, eval_data, eval_fraction,
-                 seed) -> int:
+                 seed, objective) -> int:
     pairs = load_preferences(data, Columns(prompt_col, chosen_col, rejected_col, system_col))
-    if eval_data:
-        return len(pairs)
-    train, _ = pairs.split(eval_fraction, seed)
-    return len(train)
+    train = pairs if eval_data else pairs.split(eval_fraction, seed)[0]
+    return len(train) * examples_a_pair(objective, pairs.unpaired)
 
 
 def run_steps(cfg: RunConfig, pairs: int) -> int:

@@ -168,9 +168,11 @@ def store(key: str, values: dict, parts: dict) -> None:
     publish_folder(tmp, target)
 
 
-def with_ref_cache(trainer_class, cfg):
+def with_ref_cache(trainer_class, cfg, on_phase=None):
     """`trainer_class` (TRL's DPOTrainer or KTOTrainer) with its reference precomputation read from and written to
-    the cache. `trainer.ref_cache` lists what happened per split: {"split", "hit", "key", "seconds"}."""
+    the cache. `trainer.ref_cache` lists what happened per split: {"split", "hit", "key", "seconds"}.
+    `on_phase(text)` names a reference pass that has to run (a miss): on a CPU it can take minutes, so the
+    page must not sit at "loading the model" meanwhile."""
 
     columns = COLUMNS[cfg.objective]
 
@@ -186,6 +188,9 @@ def with_ref_cache(trainer_class, cfg):
                     dataset = dataset.add_column(column, values)
                 events.append({"split": name, "hit": True, "key": key, "seconds": round(time.time() - started, 2)})
                 return dataset
+            if on_phase is not None:
+                on_phase(f"computing the reference model's log-probabilities for the {len(dataset)} {name} examples "
+                         "(once: later runs on the same data and model read them from the cache)")
             out = super()._precompute_ref_logps(dataset, name, batch_size)
             if key:
                 store(key, {c: out[c] for c in wanted}, parts)

@@ -44,7 +44,7 @@ from .models import check_targets_in_config, load_for_training, load_tokenizer, 
 from .objectives import objective
 from .refcache import with_ref_cache
 from .runs import LIVE_STATES, MetricsLog, Run, claim_run_dir, get_run, running_here, runs_root
-from .training_data import data_findings, eval_source, load_run_data, to_trl
+from .training_data import data_findings, eval_source, examples_a_pair, load_run_data, to_trl
 
 
 class RunFolderGone(StudioError):
@@ -93,6 +93,7 @@ class TrainingJob(Job):
         self.metrics = MetricsLog(None)
         self.step = 0
         self.total_steps: int | None = None
+        self.phases: list[str] = []  # every phase this job named, in order (the status file keeps only the last)
         self.last_snapshot: int | None = None  # the step of the newest adapter snapshot on disk
         self._step_seconds: list[float] = []  # time per optimizer step, evaluation time taken out
         self._last_step_end: float | None = None
@@ -217,6 +218,8 @@ class TrainingJob(Job):
     def _set(self, state: str, phase: str | None = None, **fields) -> None:
         self.state = state
         self.phase = phase or state
+        if not self.phases or self.phases[-1] != self.phase:
+            self.phases.append(self.phase)
         if not self.run.path.is_dir():  # never recreate a folder someone removed: it would lack its config
             return
         self.run.write_status(state=state, phase=self.phase, step=self.step, total_steps=self.total_steps,
@@ -354,7 +357,8 @@ class TrainingJob(Job):
                                           "findings": data_findings(cfg, data, train, held_out, tokenizer)})
         self._set("loading", "loading the model")
         # Decided once, by the main process: every process must fit the same batch and take the same steps.
-        cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, len(train)))
+        examples = len(train) * examples_a_pair(cfg.objective, train.unpaired)
+        cfg, choice = distributed.from_main(lambda: self._choose_backend_and_size(cfg, data, examples))
         self.config = cfg
         from transformers import set_seed
 
@@ -365,7 +369,8 @@ class TrainingJob(Job):
                               **distributed.describe())
         self.eval_pairs = len(held_out)
         trainer = build_trainer(cfg, loaded, to_trl(train, cfg), to_trl(held_out, cfg) if len(held_out) else None,
-                                output_dir=self.run.checkpoint_dir, callbacks=[_Recorder(self), *self.callbacks])
+                                output_dir=self.run.checkpoint_dir, callbacks=[_Recorder(self), *self.callbacks],
+                                on_phase=lambda text: self._set("loading", text))
         if self._resume and cfg.init_adapter:
             _load_trained_adapter(trainer.model, self._resume[0])
         # Again with what accelerate set up: its process count shows whether the processes really trained together.
@@ -477,7 +482,8 @@ def dpo_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: b
     return trainer_config(cfg.replace(objective="dpo"), output_dir, has_eval, disable_tqdm)
 
 
-def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_dir: Path, callbacks=()):
+def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_dir: Path, callbacks=(),
+                  on_phase=None):
     obj = objective(cfg.objective)
     if loaded.backend["backend"] == "unsloth" and obj.name == "dpo":
         try:
@@ -491,7 +497,7 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
 
     trainer_class, _ = obj.classes()
     if obj.reference:
-        trainer_class = with_ref_cache(trainer_class, cfg)
+        trainer_class = with_ref_cache(trainer_class, cfg, on_phase)
     kwargs = dict(
         model=loaded.model,
         args=trainer_config(cfg, output_dir, eval_dataset is not None),

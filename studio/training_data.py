@@ -90,6 +90,11 @@ def check_sources(cfg) -> None:
             check_objective(load_preferences(source, columns), cfg, key)
 
 
+def examples_a_pair(objective: str, unpaired: bool) -> int:
+    """Training examples one row of the data becomes: KTO splits a pair into two single answers (to_trl)."""
+    return 2 if objective == "kto" and not unpaired else 1
+
+
 def to_trl(pairs, cfg):
     """The normalised pairs as a datasets.Dataset in the form the prompt template and the objective ask for.
 
