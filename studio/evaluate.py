@@ -13,6 +13,7 @@ The probe answers come from `studio.probes`, their measures and the damage warni
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
 
 import torch
@@ -41,6 +42,12 @@ def _encode_pair(tokenizer, prompt: list[dict], answer: str) -> tuple[list[int],
     return full, start
 
 
+def _keeps_logits(model) -> bool:
+    """Whether the model (under its PEFT wrapper) computes logits for the last positions only when asked."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 @torch.no_grad()
 def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8,
                  adapter: str | None = None, max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +74,17 @@ def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str]
             mask[row, : len(ids)] = 1
             answer_mask[row, start: len(ids)] = True
         kwargs = {"adapter_names": [adapter] * len(chunk)} if adapter else {}
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
+        # Only the answers are scored: the vocabulary projection and its softmax (a fifth of the work on a small
+        # model) run from the last position before the earliest answer on, and no cache is kept.
+        keep = max(1, min(width, width - min(start for _, start in chunk) + 1))
+        if _keeps_logits(model):
+            kwargs["logits_to_keep"] = keep
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                       **kwargs).logits.float()[:, -keep:]
         logps = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = input_ids[:, 1:].to(device)
+        targets = input_ids[:, width - keep + 1:].to(device)
         token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        m = answer_mask[:, 1:].to(device)
+        m = answer_mask[:, width - keep + 1:].to(device)
         sums.append((token_logps * m).sum(-1).cpu())
         counts.append(m.sum(-1).cpu())
     if not sums:
