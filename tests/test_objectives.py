@@ -138,6 +138,9 @@ def test_a_second_run_on_the_same_data_reads_the_reference_from_the_cache(two_dp
     [miss] = info_of(first.run.path)["_run"]["ref_cache"]
     [hit] = info_of(second.run.path)["_run"]["ref_cache"]
     assert miss["hit"] is False and hit["hit"] is True and hit["key"] == miss["key"]
+    # The pass that runs is a phase of its own in the page; a read from the cache is not.
+    assert any(p.startswith("computing the reference model's log-probabilities for the") for p in first.phases)
+    assert not any("reference" in p for p in second.phases), second.phases
     # The cached numbers are the computed ones: before its first update each run scores the same log-ratios.
     a, b = (next(r for r in metrics_of(job.run.path) if "loss" in r) for job in (first, second))
     assert a["logps/chosen"] == pytest.approx(b["logps/chosen"], abs=1e-4)
