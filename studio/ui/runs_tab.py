@@ -86,9 +86,26 @@ DOWNLOAD_KINDS = (("adapter", None, "adapter (PEFT folder)"), ("merged", None, "
                   ("gguf", "f16", "GGUF f16 + Modelfile"), ("gguf", "q8_0", "GGUF q8_0 + Modelfile"))
 
 
+# Export folders already registered with Gradio as static paths (see serve_in_place).
+_SERVED: set[Path] = set()
+
+
+def serve_in_place(folder: Path) -> None:
+    """Have Gradio link an export folder's files where they are. Otherwise every File value is hashed (sha256 of
+    the whole file) and copied into Gradio's cache on the server's event loop each time a list is sent: about
+    690 MB for a merged and two GGUF exports of the embedded model, seconds in which no other request of any
+    user is answered. Served in place, each link is a download from the exports folder, which the guard keeps to
+    those who may download; the folders are registered one by one so that probe grids under exports/grids stay
+    copied and readable as before."""
+    if folder not in _SERVED:
+        gr.set_static_paths([folder])
+        _SERVED.add(folder)
+
+
 def export_files(run_id: str | None) -> list[list[str]]:
     """For each kind in DOWNLOAD_KINDS, the files of the run's newest export of it under STUDIO_HOME/exports
-    (the folder the app serves files from; an export written elsewhere with --out is not offered)."""
+    (the folder the app serves files from; an export written elsewhere with --out is not offered), each served
+    from where it lies (serve_in_place)."""
     out: list[list[str]] = [[] for _ in DOWNLOAD_KINDS]
     if not run_id:
         return out
@@ -103,6 +120,7 @@ def export_files(run_id: str | None) -> list[list[str]]:
                 continue
             folder = Path(r["path"]).resolve()
             if root in folder.parents:
+                serve_in_place(folder)
                 out[i] = [str(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MARKER]
             break
     return out
