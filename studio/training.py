@@ -437,7 +437,16 @@ class UnknownTrlField(ConfigError):
     """A setting marked trl= names a field the objective's TRL config class does not have."""
 
 
-def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True):
+def _reads_part_of(cfg: RunConfig, train_examples: int | None) -> bool:
+    """Whether a run stops (max_steps) before it has read each of its `train_examples` once."""
+    if not train_examples or not cfg.max_steps or cfg.max_steps <= 0:
+        return False
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * distributed.world_size()
+    return cfg.max_steps * per_step < train_examples
+
+
+def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqdm: bool = True,
+                   train_examples: int | None = None):
     """The objective's TRL config (DPOConfig, KTOConfig, ORPOConfig or CPOConfig): every setting RunConfig shares
     with it (`trl_kwargs()`, under TRL's names), what the objective fixes, and what the studio fixes for every run.
 
@@ -449,11 +458,13 @@ def trainer_config(cfg: RunConfig, output_dir: Path, has_eval: bool, disable_tqd
     shared = cfg.trl_kwargs()
     shared.update(bf16=bool(cfg.bf16), gradient_checkpointing=bool(cfg.gradient_checkpointing))
     shared.update(obj.fixed)
-    if obj.reference and distributed.world_size() == 1:
+    if obj.reference and distributed.world_size() == 1 and not _reads_part_of(cfg, train_examples):
         # The base model's log-probabilities of the training answers, computed once before the first step (and read
         # from studio.refcache when this model, template, data and length were seen before) instead of every step.
         # Not across processes: TRL's precomputation then goes through a datasets cache file of the main process's
         # temporary folder, which the other processes cannot open (measured: rank 1 failed on it under torchrun).
+        # Not when the run stops before it has read the data once (max_steps): the pass would score every example
+        # for a run that reads a few (a 2-step run on 162 pairs spent most of its time there).
         shared["precompute_ref_log_probs"] = True
     fixed = dict(
         output_dir=str(output_dir),
@@ -500,7 +511,7 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
         trainer_class = with_ref_cache(trainer_class, cfg, on_phase)
     kwargs = dict(
         model=loaded.model,
-        args=trainer_config(cfg, output_dir, eval_dataset is not None),
+        args=trainer_config(cfg, output_dir, eval_dataset is not None, train_examples=len(train_dataset)),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=loaded.tokenizer,

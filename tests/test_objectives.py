@@ -46,6 +46,9 @@ def test_each_objective_trains_through_the_cli(objective, tmp_path, model_cache,
             "--set", "eval_data=none", "--set", "eval_fraction=0", "--set", "lora_r=4", "--set", "lora_alpha=8",
             "--set", "lora_target_modules=q_proj,v_proj", "--set", "warmup_steps=0", "--out", str(out), "--quiet"]
     if objective == "kto":
+        # 12 answers a step: the two steps read all 24 single answers, so the reference pass is precomputed (and
+        # cached); a run that stops before reading its data once computes the reference each step instead.
+        argv += ["--set", "per_device_train_batch_size=12"]
         env = {**os.environ, "STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         done = subprocess.run([sys.executable, "-m", "studio", *argv], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
@@ -104,8 +107,9 @@ def test_each_objective_trains_through_the_api_and_charts_its_own_measures(api, 
 @pytest.mark.slow
 def test_the_runs_tab_clears_the_reference_cache(api, style_pairs):
     client, home = api
-    if not refcache.usage()["entries"]:  # run alone: make an entry with a short DPO run
-        client.predict(data=str(style_pairs), objective="dpo", **QUICK, api_name="/start")
+    if not refcache.usage()["entries"]:  # make an entry: a short DPO run that reads all 12 pairs (a precomputed pass)
+        client.predict(data=str(style_pairs), objective="dpo", **{**QUICK, "per_device_train_batch_size": 6},
+                       api_name="/start")
         assert TrainingJob.active().wait(900) == "done"
     assert refcache.usage()["entries"] >= 1
     note = client.predict(api_name="/clear_refcache")
@@ -116,7 +120,8 @@ def test_the_runs_tab_clears_the_reference_cache(api, style_pairs):
 
 
 def quick(data, **changes) -> RunConfig:
-    base = dict(model="embedded", data=str(data), max_steps=1, per_device_train_batch_size=2, learning_rate=1e-3,
+    # One step of all 12 pairs: a run that stops before reading its data once computes no reference pass to cache.
+    base = dict(model="embedded", data=str(data), max_steps=1, per_device_train_batch_size=12, learning_rate=1e-3,
                 lora_r=4, lora_alpha=8, max_length=64, eval_fraction=0.0, eval_steps=0, save_steps=0,
                 lora_target_modules=["q_proj", "v_proj"])
     return RunConfig(**{**base, **changes})
