@@ -48,3 +48,16 @@ class At(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step == self.step:
             self.action(model)
+
+
+def answer_pool(label: str, answers, question: str = "Question {n}?"):
+    """A finished generation pool of the embedded baseline: one prompt per (short, long) answer pair in `answers`."""
+    from studio.pools import create_pool
+
+    pool = create_pool("generate", label, models=[{"name": "SFT baseline (embedded)", "model": "embedded"}],
+                       base_model="embedded", round=1, seed=0)
+    for n, (short, long) in enumerate(answers):
+        pool.add_candidate([{"role": "user", "content": question.format(n=n)}],
+                           [{"text": t, "name": "SFT baseline (embedded)"} for t in (short, long)])
+    pool.update(state="done", done=len(answers))
+    return pool

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from helpers import answer_pool, free_port
 
 ACCESS_ENV = ("STUDIO_PASSWORD", "STUDIO_USER", "STUDIO_PRIVATE", "STUDIO_HF_USERS", "OAUTH_CLIENT_ID",
               "SPACE_AUTHOR_NAME", "STUDIO_LABELLERS")
@@ -25,16 +25,23 @@ ANSWERS = [("Nine minutes.", "Boiling an egg is a journey that starts with choos
 READS = ["runs", "poll", "run_exports", "run_lineage", "label_view", "chat_runs", "refresh_compare", "load_compare"]
 
 
-def make_pool(label: str):
-    from studio.pools import create_pool
+def owner_app(mp, label: str, export_path: Path, content: bytes):
+    """Launch the app with a labelling pool and one owner's export file in place; yields (url, demo, pool, export)
+    and closes the app and undoes `mp` after."""
+    from studio.export import exports_dir
+    from studio.ui import build_app, launch_options
 
-    pool = create_pool("generate", label, models=[{"name": "SFT baseline (embedded)", "model": "embedded"}],
-                       base_model="embedded", round=1, seed=0)
-    for n, (short, long) in enumerate(ANSWERS):
-        pool.add_candidate([{"role": "user", "content": f"Secret question {n}?"}],
-                           [{"text": t, "name": "SFT baseline (embedded)"} for t in (short, long)])
-    pool.update(state="done", done=len(ANSWERS))
-    return pool
+    pool = answer_pool(label, ANSWERS, "Secret question {n}?")
+    export = exports_dir() / export_path
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.write_bytes(content)
+    demo = build_app()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
+    try:
+        yield url, demo, pool, export
+    finally:
+        demo.close()
+        mp.undo()
 
 
 def session_cookie(user: str, expires_in: float = 3600) -> dict:
@@ -81,20 +88,8 @@ def space_app(module_home, style_pairs):
     mp.setenv("STUDIO_DATA_DIRS", str(style_pairs.parent))
     # Off a Space, Gradio mocks the OAuth routes with the machine's HF login; tests sign in with a cookie instead.
     mp.setattr(gradio.oauth, "_get_mocked_oauth_info", lambda: {"userinfo": {"preferred_username": "nobody"}})
-    from studio.export import exports_dir
-    from studio.ui import build_app, launch_options
 
-    pool = make_pool("space")
-    export = exports_dir() / "run-x" / "merged" / "model.safetensors"
-    export.parent.mkdir(parents=True, exist_ok=True)
-    export.write_bytes(b"weights of the owner")
-    demo = build_app()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
-    try:
-        yield url, demo, pool, export
-    finally:
-        demo.close()
-        mp.undo()
+    yield from owner_app(mp, "space", Path("run-x") / "merged" / "model.safetensors", b"weights of the owner")
 
 
 @pytest.fixture
@@ -263,21 +258,10 @@ def password_app(module_home):
     for key in ACCESS_ENV:
         mp.delenv(key, raising=False)
     mp.setenv("STUDIO_PASSWORD", "s3cret")
-    from studio.export import exports_dir
-    from studio.ui import build_app, guard, launch_options
+    from studio.ui import guard
 
     mp.setattr(guard, "THROTTLE", guard.LoginThrottle(base=0.05, cap=0.4, limit=6, lock_s=3))
-    pool = make_pool("pw")
-    export = exports_dir() / "run-y" / "adapter.zip"
-    export.parent.mkdir(parents=True, exist_ok=True)
-    export.write_bytes(b"zip of the owner")
-    demo = build_app()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **launch_options())
-    try:
-        yield url, demo, pool, export
-    finally:
-        demo.close()
-        mp.undo()
+    yield from owner_app(mp, "pw", Path("run-y") / "adapter.zip", b"zip of the owner")
 
 
 def test_the_login_page_gives_nothing_away(password_app, module_home):

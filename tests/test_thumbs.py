@@ -8,26 +8,20 @@ from gradio_client import Client
 
 from studio.config import RunConfig
 from studio.data import load_preferences
-from studio.pools import create_pool, get_pool, human
+from studio.pools import get_pool, human
 from studio.rounds import next_round_config
 from studio.thumbs import next_answer, progress, thumb, to_kto, undo_thumb, verdicts
 from studio.training_data import check_sources
 from studio.ui.label_tab import LabelTab
 
-from conftest import free_port
+from helpers import answer_pool, free_port
 
 ANSWERS = [("Nine minutes.", "Boiling an egg is a journey that starts with choosing the right pot and water."),
            ("Lisbon.", "Portugal's capital, a city of seven hills and trams, is Lisbon.")]
 
 
 def make_pool():
-    pool = create_pool("generate", "thumbs", models=[{"name": "SFT baseline (embedded)", "model": "embedded"}],
-                       base_model="embedded", round=1, seed=0)
-    for n, (short, long) in enumerate(ANSWERS):
-        pool.add_candidate([{"role": "user", "content": f"Question {n}?"}],
-                           [{"text": t, "name": "SFT baseline (embedded)"} for t in (short, long)])
-    pool.update(state="done", done=len(ANSWERS))
-    return pool
+    return answer_pool("thumbs", ANSWERS)
 
 
 def test_thumbs_are_saved_undone_and_become_a_kto_file_the_next_round_trains_with_kto(studio_home, tmp_path):
