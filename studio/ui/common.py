@@ -192,6 +192,17 @@ if (!window.%s) {
 """ % (flag, flag, json.dumps(keymap))
 
 
+def chooser(choose, value: str, name: str):
+    """A Gradio handler of (pool_id, labeller, item_id) that calls choose(value, pool_id, labeller, item_id, request):
+    one per labelling button. Not functools.partial: Gradio finds the gr.Request parameter through the type
+    hints, which a partial hides."""
+    def handler(pool_id: str | None, labeller: str | None, item_id: str | None, request: gr.Request = None):
+        return choose(value, pool_id, labeller, item_id, request)
+
+    handler.__name__ = name
+    return handler
+
+
 def quote_answer(text: str) -> str:
     """Model output as Markdown text: shown as written, never as markup the model happened to write."""
     return html.escape(text or "").replace("\n", "  \n") or "*(empty answer)*"

@@ -20,7 +20,7 @@ from studio.access import access_mode, labeller_name
 from studio.label import label_human, label_with_rubric, load_rubric, next_pair, pair_view, undo_human
 from studio.pools import get_pool, human, list_pools, to_preferences
 
-from .common import Services, key_shortcuts, quote_answer, user_errors
+from .common import Services, chooser, key_shortcuts, quote_answer, user_errors
 from .loop import GenerateBox, JudgeBox, NextRoundBox
 from .thumbs_box import ThumbsBox
 
@@ -127,7 +127,7 @@ class LabelTab:
               inputs=inputs, outputs=self.remember, api_visibility="private", show_progress="hidden",
               queue=False)
         for choice, button in self.buttons.items():
-            button.click(self._chooser(choice), inputs=[*inputs, self.pair],
+            button.click(chooser(self.choose, choice, f"choose_{choice.lower()}"), inputs=[*inputs, self.pair],
                          outputs=self.view_outputs, api_name=f"label_{choice.lower()}", show_progress="hidden",
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="label_undo",
@@ -196,14 +196,6 @@ class LabelTab:
         if not counts or job.pool_id != pool_id:  # the page shows another pool now
             return (gr.skip(), *self.show(pool_id, name, request=request))
         return (decisions_frame(get_pool(pool_id), counts["labeller"]), *self.show(pool_id, name, request=request))
-
-    def _chooser(self, choice: str):
-        # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
-        def choose(pool_id: str | None, name: str | None, pair_id: str | None, request: gr.Request = None):
-            return self.choose(choice, pool_id, name, pair_id, request)
-
-        choose.__name__ = f"choose_{choice.lower()}"
-        return choose
 
     def choose(self, choice: str, pool_id: str | None, name: str | None, pair_id: str | None,
                request: gr.Request = None):

@@ -15,7 +15,7 @@ from studio.access import access_mode, labeller_name
 from studio.pools import get_pool, human
 from studio.thumbs import answer_view, next_answer, progress, thumb, to_kto, undo_thumb
 
-from .common import key_shortcuts, quote_answer, user_errors
+from .common import chooser, key_shortcuts, quote_answer, user_errors
 
 BUTTONS = {  # verdict -> (label, elem_id, key)
     "up": ("👍 Thumbs up", "thumb-btn-up", "u"),
@@ -58,7 +58,7 @@ class ThumbsBox:
         gr.on([tab.select, pool.change, name.submit, name.blur], self.show, inputs=inputs, outputs=self.view_outputs,
               api_name="thumbs_view", show_progress="hidden", concurrency_limit=None)
         for verdict, button in self.buttons.items():
-            button.click(self._chooser(verdict), inputs=[*inputs, self.answer],
+            button.click(chooser(self.choose, verdict, f"thumbs_{verdict}"), inputs=[*inputs, self.answer],
                          outputs=self.view_outputs, api_name=f"thumbs_{verdict}", show_progress="hidden",
                          concurrency_limit=None)
         self.undo_btn.click(self.undo, inputs=inputs, outputs=self.view_outputs, api_name="thumbs_undo",
@@ -87,14 +87,6 @@ class ThumbsBox:
             done = "Every answer judged." if p["total"] else "This pool has no answers yet."
             return counter, f"{done} Write the KTO file below.", "", None
         return counter, f"**Prompt:** {quote_answer(view['prompt'])}", quote_answer(view["text"]), view["answer"]
-
-    def _chooser(self, verdict: str):
-        # Not functools.partial: Gradio finds the gr.Request parameter through the type hints, which a partial hides.
-        def choose(pool_id: str | None, name: str | None, answer_id: str | None, request: gr.Request = None):
-            return self.choose(verdict, pool_id, name, answer_id, request)
-
-        choose.__name__ = f"thumbs_{verdict}"
-        return choose
 
     def choose(self, verdict: str, pool_id: str | None, name: str | None, answer_id: str | None,
                request: gr.Request = None):
