@@ -190,11 +190,7 @@ def clean_uploads(max_age_hours: float | None = None, keep: set[Path] | frozense
         return []
     kept = {Path(p).resolve() for p in keep}
     removed = []
-    for entry in folder.iterdir():
-        try:
-            info = entry.lstat()
-        except OSError:
-            continue
+    for entry, info in _listed(folder):
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)) or info.st_mtime >= cutoff:
             continue
         if entry.resolve() in kept:
@@ -217,11 +213,7 @@ def cap_uploads(keep: set[Path] | frozenset = frozenset(), limit: int | None = N
         return []
     kept = {Path(p).resolve() for p in keep}
     entries = []
-    for entry in folder.iterdir():
-        try:
-            info = entry.lstat()
-        except OSError:
-            continue
+    for entry, info in _listed(folder):
         if stat.S_ISREG(info.st_mode) and not entry.name.startswith(".part-"):  # not one being written now
             entries.append((info.st_mtime, info.st_size, entry))
     total = sum(size for _, size, _ in entries)
@@ -235,6 +227,15 @@ def cap_uploads(keep: set[Path] | frozenset = frozenset(), limit: int | None = N
         total -= size
         removed.append(entry)
     return removed
+
+
+def _listed(folder: Path):
+    """(entry, its lstat) for each entry of `folder`; one that vanished or cannot be read is skipped."""
+    for entry in folder.iterdir():
+        try:
+            yield entry, entry.lstat()
+        except OSError:
+            continue
 
 
 def _remove_quietly(path: Path) -> None:
