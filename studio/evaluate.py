@@ -62,6 +62,7 @@ def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str]
     if max_length:
         encoded = [(ids[:max_length], start) for ids, start in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keeps_logits = _keeps_logits(model)  # once: inspecting the forward signature is not free
     sums, counts = [], []
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i:i + batch_size]
@@ -77,7 +78,7 @@ def answer_logps(model, tokenizer, prompts: list[list[dict]], answers: list[str]
         # Only the answers are scored: the vocabulary projection and its softmax (a fifth of the work on a small
         # model) run from the last position before the earliest answer on, and no cache is kept.
         keep = max(1, min(width, width - min(start for _, start in chunk) + 1))
-        if _keeps_logits(model):
+        if keeps_logits:
             kwargs["logits_to_keep"] = keep
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False,
                        **kwargs).logits.float()[:, -keep:]
