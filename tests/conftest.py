@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 # 16 s beside a training thread). Passive waiting must be set before torch is imported; app.py does the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers import free_port, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
+from helpers import free_port, link_shared, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
 
 
 # Fixtures that make a test slow or put it in a browser: a test that uses one (directly or through another fixture)
@@ -75,20 +75,33 @@ def model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def shared_refcache(tmp_path_factory) -> Path:
+    """One reference log-prob cache for the session's homes, as one converted model is: the reference pass of a
+    given model, template, data and max_length runs once, not once per test (about a third of a 6-step test run).
+    The cache's key is what makes this safe, and test_objectives (marked fresh_refcache) tests that key from an
+    empty cache."""
+    return tmp_path_factory.mktemp("refcache")
+
+
+def refcache_for(request, shared_refcache: Path) -> Path | None:
+    return None if request.node.get_closest_marker("fresh_refcache") else shared_refcache
+
+
 @pytest.fixture
-def studio_home(tmp_path, monkeypatch, model_cache) -> Path:
+def studio_home(tmp_path, monkeypatch, model_cache, shared_refcache, request) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    link_shared(home, model_cache, refcache_for(request, shared_refcache))
     monkeypatch.setenv("STUDIO_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
 
 
 @pytest.fixture(scope="module")
-def module_home(tmp_path_factory, model_cache) -> Path:
+def module_home(tmp_path_factory, model_cache, shared_refcache, request) -> Path:
     """A STUDIO_HOME shared by one test module's fixtures (a run or an app that several tests read)."""
-    home = new_home(tmp_path_factory, model_cache)
+    home = new_home(tmp_path_factory, model_cache, refcache_for(request, shared_refcache))
     mp = pytest.MonkeyPatch()
     mp.setenv("STUDIO_HOME", str(home))
     mp.setenv("HF_HUB_OFFLINE", "1")
@@ -112,10 +125,8 @@ def style_pairs(tmp_path_factory) -> Path:
     return path
 
 
-def new_home(tmp_path_factory, model_cache) -> Path:
-    home = tmp_path_factory.mktemp("home")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    return home
+def new_home(tmp_path_factory, model_cache, refcache: Path | None = None) -> Path:
+    return link_shared(tmp_path_factory.mktemp("home"), model_cache, refcache)
 
 
 # The one run of the session that modules reading a finished run share (test_training, test_eval, test_export):
@@ -140,12 +151,12 @@ class SharedRun:
 
 
 @pytest.fixture(scope="session")
-def shared_run(tmp_path_factory, model_cache, style_pairs) -> SharedRun:
+def shared_run(tmp_path_factory, model_cache, shared_refcache, style_pairs) -> SharedRun:
     """One short real run, trained once per session in a home of its own, watched while it trains."""
     from studio.training import TrainingJob
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, model_cache)))
+    mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, model_cache, shared_refcache)))
     mp.setenv("HF_HUB_OFFLINE", "1")
     try:
         job = TrainingJob(quick_config(style_pairs, **SHARED_RUN), preset="test").start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -16,6 +17,14 @@ def quick_config(data, **changes) -> RunConfig:
                 beta=0.1, lora_r=8, lora_alpha=16, max_length=64, eval_fraction=0.25, eval_steps=3, save_steps=0,
                 lora_target_modules=["q_proj", "v_proj"])
     return RunConfig(**{**base, **changes})
+
+
+def link_shared(home: Path, model_cache: Path, refcache: Path | None = None) -> Path:
+    """`home` as a STUDIO_HOME that shares the session's converted model (and, given one, its reference cache)."""
+    (home / "models").symlink_to(model_cache, target_is_directory=True)
+    if refcache is not None:
+        (home / "refcache").symlink_to(refcache, target_is_directory=True)
+    return home
 
 
 def wait_for(predicate, timeout=120.0, poll=0.05) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import link_shared
 from studio.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,10 +22,8 @@ TWIN = ROOT / "presets" / "data" / "twin-style.jsonl"
 
 
 @pytest.fixture(scope="module")
-def cli_home(tmp_path_factory, model_cache) -> Path:
-    home = tmp_path_factory.mktemp("clihome")
-    (home / "models").symlink_to(model_cache, target_is_directory=True)
-    return home
+def cli_home(tmp_path_factory, model_cache, shared_refcache) -> Path:
+    return link_shared(tmp_path_factory.mktemp("clihome"), model_cache, shared_refcache)
 
 
 def studio(home: Path, *args, timeout=600) -> subprocess.CompletedProcess:

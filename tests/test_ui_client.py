@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
 
 from helpers import DATA_OUTPUTS
 from studio.config import RunConfig, load_preset, preset_names

@@ -159,6 +159,7 @@ class RunsTab:
                 self.delete_btn = gr.Button("Delete run…", variant="stop", scale=1, elem_id="runs-delete")
             self.lineage = gr.Markdown(lineage_markdown(ids[0] if ids else None), elem_id="runs-lineage")
             self.resume_note = gr.Markdown(note, elem_classes="ds-caption", elem_id="runs-resume-note")
+            self.picked = gr.State(None)  # the run the download links are for
             self.zip_file = gr.File(label="Adapter zip", visible=False, interactive=False)
             with gr.Group(visible=False) as self.confirm_box:
                 self.confirm_text = gr.Markdown()
@@ -231,13 +232,18 @@ class RunsTab:
         self.cancel_btn.click(lambda: gr.Group(visible=False), outputs=self.confirm_box, api_visibility="private")
         self.selected.change(exports_frame, inputs=self.selected, outputs=self.exports, api_name="run_exports",
                              show_progress="hidden", concurrency_limit=None)
-        self.selected.change(self.download_lists, inputs=self.selected, outputs=self.downloads,
-                             api_name="export_downloads", show_progress="hidden", concurrency_limit=None)
         self.selected.change(lineage_markdown, inputs=self.selected, outputs=self.lineage, api_name="run_lineage",
                              show_progress="hidden", concurrency_limit=None)
-        # A zip link belongs to the run it was made for: another pick hides it.
-        self.selected.change(lambda: gr.File(value=None, visible=False), outputs=self.zip_file,
-                             api_visibility="private", show_progress="hidden", queue=False)
+        # Every refresh sets the dropdown again and fires its .change although the pick is the same (up to 17
+        # times in one training run). Download links replaced at each of those vanish under a user's click, so
+        # they (and the zip link, which belongs to the run it was made for) follow only a real change of pick:
+        # a State's .change fires only when its value differs.
+        self.selected.change(lambda run_id: run_id, inputs=self.selected, outputs=self.picked,
+                             api_visibility="private", show_progress="hidden", concurrency_limit=None)
+        self.picked.change(self.download_lists, inputs=self.selected, outputs=self.downloads,
+                           api_name="export_downloads", show_progress="hidden", concurrency_limit=None)
+        self.picked.change(lambda: gr.File(value=None, visible=False), outputs=self.zip_file,
+                           api_visibility="private", show_progress="hidden", queue=False)
         self.export_format.change(lambda fmt: gr.Radio(visible=fmt == "gguf"), inputs=self.export_format,
                                   outputs=self.export_quant, queue=False, api_visibility="private",
                                   show_progress="hidden")
