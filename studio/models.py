@@ -390,12 +390,15 @@ def check_targets_in_config(path: str, cfg: RunConfig) -> None:
     A model whose code is not in transformers (it needs trust_remote_code) is refused: the studio never
     runs code downloaded with a model.
     """
-    from accelerate import init_empty_weights
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         config = AutoConfig.from_pretrained(path)
-        with init_empty_weights():
+        # torch.device as a context is a mode of this thread only; accelerate's init_empty_weights patches
+        # nn.Module for the whole process, so a chat loading beside it got meta weights, and two overlapping
+        # checks restored the patch in the wrong order and left every later model of the process on meta.
+        with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except ValueError as e:
         if "trust_remote_code" in str(e):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -105,6 +106,41 @@ def test_a_second_job_is_refused_while_one_runs(studio_home, style_pairs):
         first.stop()
         first.wait(120)
     assert TrainingJob.active() is None
+
+
+def test_checks_running_at_once_never_leave_models_on_the_meta_device(studio_home, style_pairs):
+    """Start checks the LoRA targets on a model built without weights. Built under accelerate's init_empty_weights
+    (a process-wide patch of nn.Module, undone in the wrong order when two checks overlap), two clients pressing
+    Start together left every later model of the process on the meta device: the chat, evaluation and training
+    of everyone after them failed with "Cannot copy out of meta tensor"."""
+    from studio.models import check_targets_in_config, resolve_model
+
+    path, cfg = resolve_model("embedded"), quick_config(style_pairs)
+    built_beside, errors, stop = [], [], threading.Event()
+
+    def check():
+        try:
+            for _ in range(3):
+                check_targets_in_config(path, cfg)
+        except Exception as e:  # noqa: BLE001 - collected for the assert below
+            errors.append(e)
+
+    def build():  # another thread's model, built while the checks run (the chat loading its weights)
+        while not stop.wait(0.001):
+            built_beside.append(torch.nn.Linear(4, 4).weight.device.type)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    checks = [threading.Thread(target=check) for _ in range(6)]
+    for t in checks:
+        t.start()
+    for t in checks:
+        t.join()
+    stop.set()
+    builder.join()
+    assert not errors, errors
+    assert built_beside and set(built_beside) == {"cpu"}, sorted(set(built_beside))
+    assert torch.nn.Linear(4, 4).weight.device.type == "cpu"  # nothing left behind for the next model
 
 
 def test_qlora_on_cpu_is_refused_before_anything_is_written(studio_home, style_pairs):
