@@ -38,7 +38,8 @@ def cache_root() -> Path:
 def usage() -> dict:
     """How many entries the cache holds and their size on disk, for the Runs tab."""
     root = cache_root()
-    entries = [p for p in root.iterdir() if p.is_dir() and (p / "meta.json").is_file()] if root.is_dir() else []
+    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file()
+               ] if root.is_dir() else []
     size = sum(f.stat().st_size for p in entries for f in p.iterdir() if f.is_file())
     return {"entries": len(entries), "bytes": size}
 
@@ -158,14 +159,24 @@ def store(key: str, values: dict, parts: dict) -> None:
     import torch
     from safetensors.torch import save_file
 
-
     target = cache_root() / key
     tmp = staging_folder(target)
     save_file({c: torch.as_tensor(v, dtype=torch.float32).contiguous() for c, v in values.items()},
               str(tmp / "logps.safetensors"))
     (tmp / "meta.json").write_text(json.dumps({**parts, "key": key, "created": time.time()}, indent=1, default=str),
                                    encoding="utf-8")
-    publish_folder(tmp, target)
+    # Two runs of the same data at once (a CLI run beside the web app, or two test workers) publish the same key: each
+    # rename can lose to the other's. The key names the content, so whichever entry is in place is this one.
+    for _ in range(20):
+        try:
+            publish_folder(tmp, target)
+            return
+        except OSError:
+            if (target / "meta.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            time.sleep(0.05)
+    raise OSError(f"could not publish the reference cache entry {key}")
 
 
 def with_ref_cache(trainer_class, cfg, on_phase=None):

@@ -223,9 +223,11 @@ def publish_folder(tmp: str | Path, target: str | Path) -> None:
         old = target.with_name(f".{target.name}.old-{os.getpid()}-{threading.get_ident()}")
         shutil.rmtree(old, ignore_errors=True)
         target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    finally:  # also when another writer's folder took the place first: ours is then the one that lost
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 _append_lock = threading.Lock()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,32 @@ def test_a_second_run_on_the_same_data_reads_the_reference_from_the_cache(two_dp
     assert a["rewards/margins"] / 0.1 == pytest.approx(b["rewards/margins"] / 0.3, abs=1e-3)
     meta = json.loads((refcache.cache_root() / miss["key"] / "meta.json").read_text())
     assert meta["objective"] == "dpo" and meta["max_length"] == 64 and meta["rows"] == 12
+
+
+def test_runs_publishing_the_same_entry_at_once_all_go_on_and_leave_one_whole_entry(studio_home):
+    # Each rename of a publish can lose to another's (the target appears, or is swapped out, in between); before,
+    # the loser's run failed with "Directory not empty". Eight writers released together, twenty times.
+    columns = {"ref_chosen_logps": [1.0, 2.0], "ref_rejected_logps": [0.5, 0.25]}
+    failures = []
+    for trial in range(20):
+        start = threading.Barrier(8)
+
+        def write(key=f"key{trial}"):
+            start.wait()
+            try:
+                refcache.store(key, columns, {"rows": 2})
+            except OSError as e:
+                failures.append(repr(e))
+
+        writers = [threading.Thread(target=write) for _ in range(8)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+    assert not failures, failures[:3]
+    assert refcache.usage()["entries"] == 20
+    assert refcache.load("key7", 2, tuple(columns)) == columns
+    assert not [p for p in refcache.cache_root().iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
 @pytest.mark.slow
