@@ -9,10 +9,12 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 # A bare `pytest` puts tests/ on sys.path, not the project: without this, `import studio` would find nothing, or
@@ -22,6 +24,11 @@ sys.path.insert(0, str(ROOT))
 # OpenMP's default spin-waiting those pools fight over 2 cores (a 16-token generation measured 210 s instead of
 # 16 s beside a training thread). Passive waiting must be set before torch is imported; app.py does the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (`-n 2`) the workers share the cores: one torch thread each, or two workers' pools of two
+# threads each (and a browser) oversubscribe 2 cores (load average 4-8 measured) and the timing checks suffer.
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+if XDIST:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from helpers import free_port, link_shared, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
 
@@ -67,11 +74,29 @@ def open_page():
             browser.close()
 
 
+# Under pytest-xdist (`-n 2`) each worker is a session of its own with its basetemp inside the run's: what a
+# session builds once (the converted model, the reference cache, the shared run) lives in that common parent and
+# is built by the first worker that needs it, under a file lock, so two workers never pay for it twice.
+
+
+def session_root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if XDIST else base
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    # Converting the GGUF takes ~25 s, so it happens once per session (or never, when CI kept a cache).
-    cache = Path(os.environ.get("STUDIO_TEST_MODEL_CACHE", tmp_path_factory.mktemp("models")))
+    # Converting the GGUF takes ~25 s, so it happens once per test run (or never, when CI kept a cache).
+    root = session_root(tmp_path_factory)
+    cache = Path(os.environ.get("STUDIO_TEST_MODEL_CACHE", root / "models"))
     cache.mkdir(parents=True, exist_ok=True)
+    if XDIST:  # converted now, by one worker, rather than by both at their first model
+        from studio.models import embedded_checkpoint, embedded_installed
+
+        if embedded_installed():
+            with FileLock(root / "models.lock"), pytest.MonkeyPatch.context() as mp:
+                mp.setenv("STUDIO_HOME", str(link_shared(Path(tempfile.mkdtemp(dir=root)), cache)))
+                embedded_checkpoint()
     return cache
 
 
@@ -81,7 +106,9 @@ def shared_refcache(tmp_path_factory) -> Path:
     given model, template, data and max_length runs once, not once per test (about a third of a 6-step test run).
     The cache's key is what makes this safe, and test_objectives (marked fresh_refcache) tests that key from an
     empty cache."""
-    return tmp_path_factory.mktemp("refcache")
+    cache = session_root(tmp_path_factory) / "refcache"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 def refcache_for(request, shared_refcache: Path) -> Path | None:
@@ -120,8 +147,11 @@ def style_pairs(tmp_path_factory) -> Path:
             "chosen": f"I like {t}. It is simple.",
             "rejected": f"It is important to note that, in conclusion, {t} is a multifaceted topic with numerous considerations.",
         })
-    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path = session_root(tmp_path_factory) / "data" / "pairs.jsonl"
+    with FileLock(session_root(tmp_path_factory) / "data.lock"):
+        if not path.is_file():  # another worker's runs may be reading it
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
 
@@ -137,28 +167,27 @@ SHARED_RUN = dict(max_steps=6, eval_steps=3, lora_target_modules=["q_proj", "k_p
 
 
 class SharedRun:
-    """The session's finished training job, the metrics that were readable while it trained, and copies of its folder."""
+    """The session's finished run: its state and error, the metric rows its training process held in memory at the
+    end, the (rows, step) pairs that were readable while it trained, and copies of its folder."""
 
-    def __init__(self, job, seen_during_training: list[tuple[int, int]]):
-        self.job = job
-        self.seen_during_training = seen_during_training
+    def __init__(self, path: str, state: str, error: str | None, metrics: list[dict], seen: list[list[int]]):
+        from studio.runs import Run
+
+        self.run, self.state, self.error, self.metrics, self.seen_during_training = Run(Path(path)), state, error, metrics, seen
 
     def copy_into(self, home: Path):
         """The run, copied into `home`'s runs folder under its own id (what it writes there stays there)."""
         from studio.runs import Run
 
-        return Run(Path(shutil.copytree(self.job.run.path, home / "runs" / self.job.run.id)))
+        return Run(Path(shutil.copytree(self.run.path, home / "runs" / self.run.id)))
 
 
-@pytest.fixture(scope="session")
-def shared_run(tmp_path_factory, model_cache, shared_refcache, style_pairs) -> SharedRun:
-    """One short real run, trained once per session in a home of its own, watched while it trains."""
+def train_shared_run(home: Path, style_pairs: Path) -> dict:
     from studio.training import TrainingJob
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, model_cache, shared_refcache)))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
         job = TrainingJob(quick_config(style_pairs, **SHARED_RUN), preset="test").start()
         seen = []
         while job.is_alive():
@@ -167,10 +196,22 @@ def shared_run(tmp_path_factory, model_cache, shared_refcache, style_pairs) -> S
                 seen.append((len(rows), job.step))
             time.sleep(0.05)
         job.wait()
-    finally:
-        mp.undo()
-    assert job.state == "done", job.error
-    return SharedRun(job, seen)
+    return {"path": str(job.run.path), "state": job.state, "error": job.error, "metrics": job.metrics.since(0),
+            "seen": seen}
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory, model_cache, shared_refcache, style_pairs) -> SharedRun:
+    """One short real run, trained once per test run in a home of its own, watched while it trains."""
+    root = session_root(tmp_path_factory)
+    record = root / "shared-run.json"
+    with FileLock(root / "shared-run.lock"):
+        if not record.is_file():
+            home = link_shared(Path(tempfile.mkdtemp(prefix="shared-home", dir=root)), model_cache, shared_refcache)
+            record.write_text(json.dumps(train_shared_run(home, style_pairs)))
+    shared = SharedRun(**json.loads(record.read_text()))
+    assert shared.state == "done", shared.error
+    return shared
 
 
 @pytest.fixture(scope="module")
