@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ if XDIST:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from helpers import free_port, link_shared, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
+from studio.runs import Run  # noqa: E402
 
 
 # Fixtures that make a test slow or put it in a browser: a test that uses one (directly or through another fixture)
@@ -95,7 +95,7 @@ def model_cache(tmp_path_factory) -> Path:
 
         if embedded_installed():
             with FileLock(root / "models.lock"), pytest.MonkeyPatch.context() as mp:
-                mp.setenv("STUDIO_HOME", str(link_shared(Path(tempfile.mkdtemp(dir=root)), cache)))
+                mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, cache)))
                 embedded_checkpoint()
     return cache
 
@@ -147,8 +147,9 @@ def style_pairs(tmp_path_factory) -> Path:
             "chosen": f"I like {t}. It is simple.",
             "rejected": f"It is important to note that, in conclusion, {t} is a multifaceted topic with numerous considerations.",
         })
-    path = session_root(tmp_path_factory) / "data" / "pairs.jsonl"
-    with FileLock(session_root(tmp_path_factory) / "data.lock"):
+    root = session_root(tmp_path_factory)
+    path = root / "data" / "pairs.jsonl"
+    with FileLock(root / "data.lock"):
         if not path.is_file():  # another worker's runs may be reading it
             path.parent.mkdir(exist_ok=True)
             path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -171,14 +172,10 @@ class SharedRun:
     end, the (rows, step) pairs that were readable while it trained, and copies of its folder."""
 
     def __init__(self, path: str, state: str, error: str | None, metrics: list[dict], seen: list[list[int]]):
-        from studio.runs import Run
-
         self.run, self.state, self.error, self.metrics, self.seen_during_training = Run(Path(path)), state, error, metrics, seen
 
     def copy_into(self, home: Path):
         """The run, copied into `home`'s runs folder under its own id (what it writes there stays there)."""
-        from studio.runs import Run
-
         return Run(Path(shutil.copytree(self.run.path, home / "runs" / self.run.id)))
 
 
@@ -207,7 +204,7 @@ def shared_run(tmp_path_factory, model_cache, shared_refcache, style_pairs) -> S
     record = root / "shared-run.json"
     with FileLock(root / "shared-run.lock"):
         if not record.is_file():
-            home = link_shared(Path(tempfile.mkdtemp(prefix="shared-home", dir=root)), model_cache, shared_refcache)
+            home = new_home(tmp_path_factory, model_cache, shared_refcache)  # in this worker's basetemp, kept all run
             record.write_text(json.dumps(train_shared_run(home, style_pairs)))
     shared = SharedRun(**json.loads(record.read_text()))
     assert shared.state == "done", shared.error

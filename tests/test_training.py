@@ -14,17 +14,10 @@ from studio.runs import MetricsLog, Run, list_runs, mark_interrupted
 from studio.training import JobBusy, TrainingJob
 
 
-@pytest.fixture(scope="module")
-def trained(shared_run):
-    """The session's shared short run (conftest.SHARED_RUN: 6 steps, held-out evaluations at steps 3 and 6): its
-    state, the metric rows its training process held and the (rows, step) pairs readable while it trained."""
-    return shared_run
-
-
 @pytest.mark.slow
-def test_run_finishes_and_its_folder_is_complete(trained):
-    assert trained.state == "done", trained.error
-    run = Run(trained.run.path)
+def test_run_finishes_and_its_folder_is_complete(shared_run):
+    assert shared_run.state == "done", shared_run.error
+    run = shared_run.run
     assert run.state == "done" and run.status()["step"] == 6
     for name in ("config.yaml", "metrics.jsonl", "status.json", "data.json"):
         assert (run.path / name).is_file(), name
@@ -39,33 +32,33 @@ def test_run_finishes_and_its_folder_is_complete(trained):
 
 
 @pytest.mark.slow
-def test_metrics_arrived_step_by_step_while_training_ran(trained):
-    seen = trained.seen_during_training
+def test_metrics_arrived_step_by_step_while_training_ran(shared_run):
+    seen = shared_run.seen_during_training
     assert seen, "no metric was readable while the job was still training"
     assert min(n for n, _ in seen) < 6, "metrics only appeared at the end"
-    train = [m for m in trained.metrics if "loss" in m]
+    train = [m for m in shared_run.metrics if "loss" in m]
     assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected", "learning_rate", "grad_norm", "epoch", "time"):
         assert key in train[0], key
     times = [m["time"] for m in train]
     assert times == sorted(times) and times[-1] - times[0] > 0
-    evals = [m for m in trained.metrics if "eval_loss" in m]
+    evals = [m for m in shared_run.metrics if "eval_loss" in m]
     assert [m["step"] for m in evals] == [3, 6] and "eval_rewards/margins" in evals[0]
-    on_disk = [json.loads(line) for line in (trained.run.path / "metrics.jsonl").read_text().splitlines()]
-    assert on_disk == trained.metrics
+    on_disk = [json.loads(line) for line in (shared_run.run.path / "metrics.jsonl").read_text().splitlines()]
+    assert on_disk == shared_run.metrics
 
 
 @pytest.mark.slow
-def test_incremental_reads_return_only_new_rows(trained):
-    log = MetricsLog(trained.run.path / "metrics.jsonl")  # a reader following the run from its folder
+def test_incremental_reads_return_only_new_rows(shared_run):
+    log = MetricsLog(shared_run.run.path / "metrics.jsonl")  # a reader following the run from its folder
     rows = log.since(0)
-    assert rows == trained.metrics
+    assert rows == shared_run.metrics
     assert log.since(len(rows) - 2) == rows[-2:] and log.since(len(rows)) == []
 
 
 @pytest.mark.slow
-def test_saved_adapter_reloads_and_changes_log_probabilities(trained):
+def test_saved_adapter_reloads_and_changes_log_probabilities(shared_run):
     from studio.evaluate import sequence_logps
     from studio.models import attach_adapter, load_base
 
@@ -73,7 +66,7 @@ def test_saved_adapter_reloads_and_changes_log_probabilities(trained):
     prompt = [{"role": "user", "content": "Tell me one thing about tea."}]
     chosen, rejected = "I like tea. It is simple.", "It is important to note that, in conclusion, tea is a multifaceted topic with numerous considerations."
     base = sequence_logps(model, tokenizer, [prompt, prompt], [chosen, rejected])
-    tuned_model = attach_adapter(model, trained.run.adapter_dir)
+    tuned_model = attach_adapter(model, shared_run.run.adapter_dir)
     tuned = sequence_logps(tuned_model, tokenizer, [prompt, prompt], [chosen, rejected])
     with tuned_model.disable_adapter():
         again = sequence_logps(tuned_model, tokenizer, [prompt, prompt], [chosen, rejected])
