@@ -57,30 +57,25 @@ def studio_home() -> Path:
     return Path(os.environ.get("STUDIO_HOME", "studio_home")).resolve()
 
 
-@functools.cache
-def loss_types() -> tuple[str, ...]:
-    """The losses TRL's DPOTrainer implements, read from its DPOConfig (it lists them only in the help text)."""
-    from trl.trainer.dpo_config import DPOConfig
-
-    help_text = {f.name: f for f in dataclasses.fields(DPOConfig)}["loss_type"].metadata["help"]
-    return tuple(re.findall(r"`'(\w+)'`", help_text))
-
-
-@functools.cache
-def schedulers() -> tuple[str, ...]:
-    """The learning-rate schedules transformers' Trainer accepts."""
-    from transformers.trainer_utils import SchedulerType
-
-    return tuple(s.value for s in SchedulerType)
-
-
-@functools.cache
-def optimizers() -> tuple[str, ...]:
-    """The optimizers transformers' Trainer knows, the usual ones first."""
-    from transformers.training_args import OptimizerNames
-
-    common = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
-    return common + tuple(sorted(o.value for o in OptimizerNames if o.value not in common))
+# The choices TRL and transformers accept, as the pinned versions list them (trl 1.14.0: DPOConfig's loss_type
+# help text; transformers 5.17.0: SchedulerType, OptimizerNames). Declared rather than read at import: reading
+# them imports trl and transformers' training_args, ~6 s of CPU in every CLI process and app start that never
+# trains. tests/test_config.py compares them with the installed libraries, so a pin bump that changes a list fails.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+COMMON_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit")
+# The usual ones first, then the rest of OptimizerNames in alphabetical order.
+OPTIMIZERS = COMMON_OPTIMIZERS + (
+    "adagrad", "adalomo", "adamw_anyprecision", "adamw_bnb_8bit", "adamw_torch_4bit", "adamw_torch_8bit",
+    "adamw_torch_npu_fused", "adamw_torch_xla", "ademamix", "ademamix_8bit", "apollo_adamw", "apollo_adamw_layerwise",
+    "galore_adafactor", "galore_adafactor_layerwise", "galore_adamw", "galore_adamw_8bit",
+    "galore_adamw_8bit_layerwise", "galore_adamw_layerwise", "grokadamw", "lion_32bit", "lion_8bit", "lomo",
+    "paged_adamw_32bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+    "rmsprop", "rmsprop_bnb", "rmsprop_bnb_32bit", "rmsprop_bnb_8bit", "schedule_free_adamw", "schedule_free_radam",
+    "schedule_free_sgd", "stable_adamw")
 
 
 def setting(default, help: str, group: str, label: str | None = None, *, choices=None, gt=None, ge=None,
@@ -155,7 +150,7 @@ class RunConfig:
                           trl=True, sweep=[0.05, 0.1, 0.2, 0.5], objectives=("dpo", "kto"))
     loss_type: list[str] = setting(["sigmoid"], "sigmoid = the original DPO loss; several are summed with loss_weights "
                                    "(sigmoid + sft adds an NLL term on the chosen answer, the RPO recipe, against "
-                                   "answers that fall apart)", "Objective", "Loss type", choices=loss_types, trl=True,
+                                   "answers that fall apart)", "Objective", "Loss type", choices=LOSS_TYPES, trl=True,
                                    sweep=[["sigmoid"], ["ipo"], ["sigmoid", "sft"]], objectives=("dpo",))
     loss_weights: list[float] | None = setting(None, "one weight per loss type (empty: 1 each)", "Objective",
                                                "Loss weights", trl=True, objectives=("dpo",))
@@ -191,7 +186,7 @@ class RunConfig:
                                    hint="far too high for DPO at 1e-2 and above: use something in 1e-7 .. 1e-3",
                                    trl=True, sweep=[1e-5, 5e-5, 1e-4, 2e-4, 3e-4])
     lr_scheduler_type: str = setting("linear", "how the learning rate moves over the run", "Optimisation", "Scheduler",
-                                     choices=schedulers, trl=True)
+                                     choices=SCHEDULERS, trl=True)
     warmup_steps: int = setting(0, "steps of linear warm-up from 0", "Optimisation", "Warmup steps", ge=0, le=10**6,
                                 trl=True, sweep=[0, 4, 10])
     num_train_epochs: float = setting(1.0, "passes over the data (the Handbook: one)", "Optimisation", "Epochs", gt=0,
@@ -205,7 +200,7 @@ class RunConfig:
     weight_decay: float = setting(0.0, "L2 pull of the adapter towards zero", "Optimisation", "Weight decay", ge=0, le=10,
                                   trl=True, advanced=True, sweep=[0.0, 0.01])
     optim: str | None = setting(None, "empty: adamw_8bit with CUDA + bitsandbytes, else adamw_torch", "Optimisation",
-                                "Optimizer", choices=optimizers, trl=True, advanced=True)
+                                "Optimizer", choices=OPTIMIZERS, trl=True, advanced=True)
     seed: int = setting(0, "seeds the adapter's initialisation, the data order and the held-out split", "Optimisation",
                         "Seed", ge=0, le=2**32 - 1, trl=True, sweep=[0, 1, 2])
     logging_steps: int = setting(1, "log every N steps (1: the charts move every step)", "Optimisation",

@@ -1,8 +1,8 @@
 """`python -m studio …` as a user runs it: JSON outputs, exit codes, messages on stderr.
 
-The refusals run the same argv through `main()` in this process (`studio_here`): the same exit code, stdout and
-stderr, without the seconds an interpreter start-up with torch costs; the commands that work run in a process of
-their own.
+`train` and one `eval` run in a process of their own, as a user starts them; the other commands run the same argv
+through `main()` in this process (`studio_here`): the same exit code, stdout and stderr, without the ~7 s of CPU
+that each interpreter start-up with torch, transformers and PEFT costs.
 """
 
 import csv
@@ -140,9 +140,8 @@ def test_eval_prints_the_accuracies_as_json_and_saves_them(trained_run, cli_home
     assert json.loads((out / "eval.json").read_text())["tuned_accuracy"] == result["tuned_accuracy"]
 
 
-@pytest.mark.subprocess
 @pytest.mark.slow
-def test_eval_with_data_scores_every_pair_of_that_file(trained_run, cli_home, tmp_path, prompts_file):
+def test_eval_with_data_scores_every_pair_of_that_file(trained_run, studio_here, tmp_path, prompts_file):
     out, _ = trained_run
     rows = [json.loads(line) for line in TWIN.read_text().splitlines()[:5]]
     path = tmp_path / "pairs.csv"  # another layout than the run's data: CSV with instruction/chosen/rejected
@@ -150,28 +149,26 @@ def test_eval_with_data_scores_every_pair_of_that_file(trained_run, cli_home, tm
         w = csv.writer(f)
         w.writerow(["instruction", "chosen", "rejected"])
         w.writerows([r["prompt"], r["chosen"], r["rejected"]] for r in rows)
-    done = studio(cli_home, "eval", out, "--data", path, "--prompts", prompts_file, "--max-new-tokens", 4)
+    done = studio_here("eval", out, "--data", path, "--prompts", prompts_file, "--max-new-tokens", 4)
     assert done.returncode == 0, done.stderr
     assert "pairs: 5" in done.stdout and "baseline_accuracy:" in done.stdout and "tuned_accuracy:" in done.stdout
     assert "reward_accuracy:" in done.stdout
 
 
-@pytest.mark.subprocess
 @pytest.mark.slow
-def test_chat_prints_baseline_and_tuned_answers(trained_run, cli_home):
+def test_chat_prints_baseline_and_tuned_answers(trained_run, studio_here):
     out, _ = trained_run
-    done = studio(cli_home, "chat", out, "--prompt", "Say hello.", "--max-new-tokens", 6, "--json")
+    done = studio_here("chat", out, "--prompt", "Say hello.", "--max-new-tokens", 6, "--json")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["baseline"].strip() and answer["tuned"].strip() and answer["prompt"] == "Say hello."
 
 
-@pytest.mark.subprocess
 @pytest.mark.slow
-def test_compare_prints_the_grid_and_writes_csv_and_markdown(trained_run, cli_home, tmp_path, prompts_file):
+def test_compare_prints_the_grid_and_writes_csv_and_markdown(trained_run, studio_here, tmp_path, prompts_file):
     out, _ = trained_run
     csv_path, md_path = tmp_path / "grid.csv", tmp_path / "grid.md"
-    done = studio(cli_home, "compare", out, "--prompts", prompts_file, "--max-new-tokens", 8, "--json",
+    done = studio_here("compare", out, "--prompts", prompts_file, "--max-new-tokens", 8, "--json",
                   "--csv", csv_path, "--markdown", md_path)
     assert done.returncode == 0, done.stderr
     grid = json.loads(done.stdout)
@@ -205,10 +202,9 @@ def test_sweep_refuses_bad_grids_with_exit_2(studio_here, grid, words):
     assert done.returncode == 2 and words in done.stderr
 
 
-@pytest.mark.subprocess
 @pytest.mark.slow
-def test_sweep_runs_the_grid_and_prints_the_comparison(cli_home, prompts_file):
-    done = studio(cli_home, "sweep", "--preset", "cpu-quickstart", "--grid", "beta=0.3", "--max-steps", 1,
+def test_sweep_runs_the_grid_and_prints_the_comparison(cli_home, studio_here, prompts_file):
+    done = studio_here("sweep", "--preset", "cpu-quickstart", "--grid", "beta=0.3", "--max-steps", 1,
                   "--set", "max_length=48", "--set", "eval_steps=0", "--set", "lora_target_modules=q_proj,v_proj",
                   "--set", "eval_data=none", "--set", "eval_fraction=0.05",
                   "--prompts", prompts_file, "--max-new-tokens", 4, "--json", "--quiet")

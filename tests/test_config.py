@@ -111,3 +111,22 @@ def test_llm_twin_preset_is_the_handbook_recipe():
 def test_llm_twin_preset_fails_early_and_clearly_on_cpu():
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         resolve_for_hardware(load_preset("llm-twin-dpo").config, CPU)
+
+
+def test_the_declared_choices_are_exactly_what_the_pinned_trl_and_transformers_accept():
+    """The choice lists are declared in config.py so that a process that never trains does not import trl; a pin
+    bump that adds or drops a loss, schedule or optimizer fails here instead of refusing a valid setting."""
+    import dataclasses
+    import re
+
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+    from trl.trainer.dpo_config import DPOConfig
+
+    from studio.config import COMMON_OPTIMIZERS, LOSS_TYPES, OPTIMIZERS, SCHEDULERS
+
+    help_text = {f.name: f for f in dataclasses.fields(DPOConfig)}["loss_type"].metadata["help"]
+    assert LOSS_TYPES == tuple(re.findall(r"`'(\w+)'`", help_text))
+    assert SCHEDULERS == tuple(s.value for s in SchedulerType)
+    assert set(OPTIMIZERS) == {o.value for o in OptimizerNames} and len(OPTIMIZERS) == len(set(OPTIMIZERS))
+    assert OPTIMIZERS[:len(COMMON_OPTIMIZERS)] == COMMON_OPTIMIZERS
