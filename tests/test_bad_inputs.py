@@ -8,6 +8,7 @@ batch of bad uploads it still answers, and a good file still goes through.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -78,12 +79,11 @@ def fifo(folder: Path) -> Path:
 
 
 def unix_socket(folder: Path) -> Path:
-    path = folder / "s.jsonl"
-    if len(str(path)) > 100:  # AF_UNIX paths are limited to ~108 bytes
-        pytest.skip("the temporary folder's path is too long for a Unix socket")
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(path))  # the socket file stays after the socket is closed
-    return path
+    # Bound by a name relative to the folder: AF_UNIX paths are limited to ~108 bytes, and pytest-xdist's
+    # temporary folders are longer than that.
+    with contextlib.chdir(folder), socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("s.jsonl")  # the socket file stays after the socket is closed
+    return folder / "s.jsonl"
 
 
 def link_to(target: str, name: str) -> Callable[[Path], Path]:
