@@ -241,7 +241,8 @@ class Loaded:
 def load_tokenizer(path: str):
     """A tokenizer of its own for each caller: TRL, the chat engine and the data tab set attributes on theirs
     (padding side, pad token), so they get a copy of the one parsed per folder instead of sharing it."""
-    return copy.deepcopy(_parsed_tokenizer(str(path), _tokenizer_stamp(str(path))))
+    path = str(path)
+    return copy.deepcopy(_parsed_tokenizer(path, _tokenizer_stamp(path)))
 
 
 def _tokenizer_stamp(path: str) -> tuple:
@@ -249,8 +250,9 @@ def _tokenizer_stamp(path: str) -> tuple:
     folder = Path(path)
     if not folder.is_dir():
         return ()  # a hub id: the hub cache is content-addressed
-    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())
-                 if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")))
+    files = [f for f in sorted(folder.iterdir())
+             if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges"))]
+    return tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()])
 
 
 @functools.lru_cache(maxsize=8)
