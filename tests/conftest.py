@@ -44,6 +44,21 @@ def pytest_collection_modifyitems(config, items):
                 if name in item.fixturenames and item.get_closest_marker(marker) is None]
     if unmarked:
         raise pytest.UsageError("\n".join(unmarked))
+    # Longest modules first, so that under pytest-xdist (`-n 2 --dist loadfile`) no worker starts a long module when
+    # the others are nearly done: modules with browser tests (they wait on the page as well as compute), then
+    # those with the most slow tests. Within a module the order stays as written.
+    weight = {}
+    for item in items:
+        browser, slow = weight.get(item.module, (0, 0))
+        weight[item.module] = (browser + bool(item.get_closest_marker("browser")),
+                               slow + bool(item.get_closest_marker("slow")))
+    items.sort(key=lambda item: tuple(-n for n in weight[item.module]))
+
+
+def pytest_configure(config):
+    # xdist would hand out modules by their number of tests instead (many fast tests first, the long ones last).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; CI installs it (apt-get install chromium)

@@ -161,6 +161,9 @@ def test_on_a_space_anyone_reads_but_only_the_owner_downloads_exports(space):
     r = httpx.get(file_url(url, export), headers=session_cookie("owner"))
     assert r.status_code == 200 and r.content == b"weights of the owner"
     assert call(url, "download_adapter", ["run-x"])[0] == 401
+    # Gradio's traffic page (every endpoint's timings and counts) is off, for the owner too.
+    for route in ("monitoring", "monitoring/summary"):
+        assert httpx.get(f"{url}{route}", headers=session_cookie("owner")).status_code == 403, route
 
 
 def test_on_a_space_actions_need_the_owner(space):

@@ -252,7 +252,9 @@ def test_a_newcomer_grows_round_one_in_the_browser_and_sees_its_win_rate(app, op
 
     # 4. The Compare tab offers round 1 against the round before it (the baseline): its win rate.
     page.get_by_role("tab", name="Compare").click()
-    expect(page.locator("#winrate-a input")).to_have_value(re.compile(re.escape(run_id)))
+    # The tab's first visit also draws its charts and tables: on a runner shared with two other test workers the
+    # choices arrived after Playwright's default 5 s once (a wait for content, not a latency bar).
+    expect(page.locator("#winrate-a input")).to_have_value(re.compile(re.escape(run_id)), timeout=20_000)
     expect(page.locator("#winrate-lineage")).to_contain_text("round 1")
     expect(page.locator("#winrate-b input")).to_have_value(re.compile("SFT baseline"))
     page.locator("#winrate-prompts textarea").fill("\n".join(HELDOUT))

@@ -145,6 +145,9 @@ def test_no_disabled_control_without_a_purpose(app_url, trained, open_page):
             expect(page.locator("#runs-resume-note")).not_to_be_empty()  # a greyed Resume says why
 
 
+# --- downloads ------------------------------------------------------------------------------------
+
+
 def download(page, link, what: str, seen: list, timeout_ms: int = 30_000):
     """Click a download link; a second click when the first gave no download event (seen 1 time in 16 runs on
     the 2-core VM, cause not found: the link was in place and no request failed). The miss is reported as a
@@ -209,9 +212,6 @@ def test_every_export_format_downloads_from_the_runs_tab(app_url, trained, open_
     info.value.save_as(saved)
     assert saved.stat().st_size == (Path(records["gguf-q8_0"]["path"]) / gguf).stat().st_size
     assert info.value.suggested_filename == gguf
-
-
-# --- downloads ------------------------------------------------------------------------------------
 
 
 # --- keyboard and axe -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -81,6 +82,10 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
         demo.load(on_load, outputs=[*train.on_load_outputs(), chat.run, tabs], api_visibility="private",
                   show_progress="hidden")
         demo.load(compare.on_load, outputs=compare.load_outputs, api_name="load_compare", show_progress="hidden")
+    # Gradio 6 rebuilds a pandas summary of every past event (up to 10,000) after each event, for a monitoring page
+    # the studio turns off (launch_options): 10-20 ms of CPU per timer tick, measured. Read when the queue is made.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 
@@ -123,6 +128,7 @@ def launch_options() -> dict:
         "head": glossary_script() + f"<script>{(ASSETS / 'studio.js').read_text(encoding='utf-8')}</script>",
         "allowed_paths": [str(exports_dir())],
         "footer_links": ["api", "gradio"],
+        "enable_monitoring": False,  # Gradio's traffic page: timings of every endpoint, for anyone who may call one
         # The one gate every request passes, Gradio's own routes and its file route included (guard.py).
         "app_kwargs": {"middleware": [guard_middleware()]},
     }

@@ -299,8 +299,10 @@ class RunsTab:
         job.start()
         said = f"Resuming run {run_id} from step {job.step} of {job.total_steps or '?'}: the Train tab follows it."
         gr.Info(said)
-        *out, _ = self.refresh(run_id, compare)  # not resume_state's line: it would call the live run "still loading"
-        return (*out, said)
+        # The table shows the run going on; the choices and the curves (cut back to the checkpoint, where the run
+        # stopped) are unchanged, so the page does not redraw them while the Train tab takes over.
+        button, _ = resume_state(run_id)  # not its line: it would call the live run "still loading"
+        return runs_frame(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), button, said
 
     @user_errors("Cannot export")
     def export(self, run_id: str | None, fmt: str, quant: str, progress=gr.Progress(), request: gr.Request = None):
