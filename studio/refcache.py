@@ -179,15 +179,30 @@ def store(key: str, values: dict, parts: dict) -> None:
     raise OSError(f"could not publish the reference cache entry {key}")
 
 
-def with_ref_cache(trainer_class, cfg, on_phase=None):
+def with_ref_cache(trainer_class, cfg, on_phase=None, eval_only: bool = False):
     """`trainer_class` (TRL's DPOTrainer or KTOTrainer) with its reference precomputation read from and written to
     the cache. `trainer.ref_cache` lists what happened per split: {"split", "hit", "key", "seconds"}.
     `on_phase(text)` names a reference pass that has to run (a miss): on a CPU it can take minutes, so the
-    page must not sit at "loading the model" meanwhile."""
+    page must not sit at "loading the model" meanwhile.
+
+    `eval_only` (DPO, a run that does not precompute its training pairs): the held-out pairs' reference is
+    precomputed all the same. They are scored at every evaluation, so once beats once per evaluation; a
+    training batch still runs the reference in its step."""
 
     columns = COLUMNS[cfg.objective]
 
     class Cached(trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if eval_only and self.eval_dataset is not None:
+                self.eval_dataset = self._precompute_ref_logps(self.eval_dataset, "eval",
+                                                               self.args.per_device_eval_batch_size)
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            if eval_only:  # TRL reads a batch's reference from its columns only when everything was precomputed
+                self.precompute_ref_logps = columns[0] in inputs
+            return super()._compute_loss(model, inputs, return_outputs)
+
         def _precompute_ref_logps(self, dataset, name, batch_size):
             events = self.__dict__.setdefault("ref_cache", [])
             started = time.time()

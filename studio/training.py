@@ -507,11 +507,16 @@ def build_trainer(cfg: RunConfig, loaded, train_dataset, eval_dataset, output_di
 
 
     trainer_class, _ = obj.classes()
+    args = trainer_config(cfg, output_dir, eval_dataset is not None, train_examples=len(train_dataset))
     if obj.reference:
-        trainer_class = with_ref_cache(trainer_class, cfg, on_phase)
+        # The held-out reference once, where the training one is not precomputed: DPO only (the switch per batch
+        # is DPOTrainer's), and not across processes, for the reason trainer_config gives.
+        eval_only = (obj.name == "dpo" and eval_dataset is not None and args.eval_strategy != "no"
+                     and not args.precompute_ref_log_probs and distributed.world_size() == 1)
+        trainer_class = with_ref_cache(trainer_class, cfg, on_phase, eval_only=eval_only)
     kwargs = dict(
         model=loaded.model,
-        args=trainer_config(cfg, output_dir, eval_dataset is not None, train_examples=len(train_dataset)),
+        args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=loaded.tokenizer,

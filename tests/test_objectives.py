@@ -254,3 +254,25 @@ def test_the_runs_tab_clears_the_reference_cache(api, style_pairs):
     assert refcache.usage()["entries"] >= 1
     note = client.predict(api_name="/clear_refcache")
     assert "empty" in note and refcache.usage() == {"entries": 0, "bytes": 0}
+
+
+@pytest.mark.slow
+def test_a_run_that_reads_part_of_its_data_scores_its_held_out_reference_once(module_home, style_pairs):
+    # 2 steps of 2 pairs read 4 of the 9 training pairs: their reference runs in each step, but the 3 held-out
+    # pairs, scored after each step, get theirs once before the first step.
+    job = TrainingJob(quick(style_pairs, max_steps=2, per_device_train_batch_size=2, eval_fraction=0.25,
+                            eval_steps=1)).start()
+    assert job.wait(900) == "done", job.error
+    [entry] = info_of(job.run.path)["_run"]["ref_cache"]
+    assert entry["split"] == "eval" and entry["hit"] is False
+    assert [r["step"] for r in metrics_of(job.run.path) if "eval_loss" in r] == [1, 2]
+    trainer = job._trainer
+    assert not trainer.args.precompute_ref_log_probs
+    assert set(refcache.COLUMNS["dpo"]) <= set(trainer.eval_dataset.column_names)
+    # The same numbers as a reference pass inside the evaluation.
+    precomputed = trainer.evaluate()
+    trainer.eval_dataset = trainer.eval_dataset.remove_columns(list(refcache.COLUMNS["dpo"]))
+    in_loop = trainer.evaluate()
+    for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins"):
+        assert precomputed[key] == pytest.approx(in_loop[key], abs=1e-5), key
+    assert precomputed["eval_rewards/margins"] != 0  # the trained adapter moved the margins: the check can fail
