@@ -83,7 +83,7 @@ def setting(default, help: str, group: str, label: str | None = None, *, choices
             sweep: list | None = None, advanced: bool = False, custom: bool = False, objectives: tuple | None = None):
     """A RunConfig field with everything the form, the CLI, sweeps and the trainer need to know about it.
 
-    `choices` is a tuple or a function returning one (read lazily from TRL); `gt/ge/lt/le` bound numbers;
+    `choices` is a tuple of the accepted values; `gt/ge/lt/le` bound numbers;
     `hint` says why the bound is there; `sweep` suggests values to try in a sweep (None: not sweepable);
     `custom` lets a choice field take other values (the form shows the choices as suggestions).
     `trl`: True passes the field to the trainer's config under its own name, a string under that TRL name
@@ -274,8 +274,7 @@ def meta(name: str, cls=RunConfig) -> dict:
 
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
-    choices = f.metadata.get("choices")
-    return choices() if callable(choices) else choices
+    return f.metadata.get("choices")
 
 
 def label_of(name: str, cls=RunConfig) -> str:
