@@ -206,6 +206,12 @@ def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finish
     except Exception:
         print("status lines seen:", page.evaluate("() => window.__statusSeen"))
         raise
+    # A page opened while the run is going opens on the Train tab by itself (5 steps, each with 12 held-out pairs
+    # to score: the run is still going).
+    other = page.context.new_page()
+    other.goto(url)
+    expect(other.get_by_role("tab", name="Train")).to_have_attribute("aria-selected", "true", timeout=30_000)
+    other.close()
     page.locator("#stop-btn").click()
     expect(status).to_contain_text("stopping", ignore_case=True, timeout=5_000)  # said at once, not a step later
     expect(status).to_contain_text("stopped", ignore_case=True, timeout=STEP_TIMEOUT_MS)
@@ -256,6 +262,22 @@ def test_every_phase_is_named_stop_says_so_the_page_goes_quiet_and_resume_finish
     steps = [json.loads(line)["step"] for line in (home / "runs" / run_id / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3, 4, 5], steps  # each step logged once, across the stop and the resume
+
+
+def test_events_that_show_no_progress_keep_their_status_on_one_hidden_flag(app_url):
+    """The page re-reads every component whose status it keeps at each status change (see build.track_progress_on):
+    a tick or a tab switch that shows nothing must not add its outputs, let alone the Tabs, to that set."""
+    from studio.ui.build import build_app
+
+    config = build_app().get_config_file()  # in the app's STUDIO_HOME (app_url)
+    ids = {c["id"]: c for c in config["components"]}
+    flag = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "ds-live")
+    hidden = [d for d in config["dependencies"] if d["show_progress"] == "hidden"]
+    chat = [d for d in hidden if any(ids[o]["type"] == "chatbot" for o in d["outputs"])]
+    assert len(hidden) > 50 and chat  # the timers, tab switches and page loads, and the chat's streaming events
+    for dep in hidden:
+        assert dep["show_progress_on"] == (None if dep in chat else [flag]), dep
+    assert not any(ids[o]["type"] == "tabs" for d in config["dependencies"] for o in d["outputs"])
 
 
 def test_a_preset_keeps_the_data_the_user_chose(app_url, page, style_pairs):

@@ -110,3 +110,24 @@ def test_stop_ends_the_current_run_and_skips_the_rest(studio_home, style_pairs):
     assert sweep.wait(120) == "stopped"
     assert [e["state"] for e in sweep.entries] == ["stopped", "skipped", "skipped"]
     assert len(sweep.runs) == 1 and sweep.runs[0].has_adapter  # the stopped run keeps its adapter
+
+
+def test_an_idle_sweep_box_looks_less_often_after_three_looks_that_found_nothing(studio_home):
+    import gradio as gr
+
+    from studio.config import detect_hardware
+    from studio.ui.sweep_box import IDLE_SECONDS, QUIET_SECONDS, SweepBox
+
+    with gr.Blocks():
+        box = SweepBox(detect_hardware())
+    view, timers = {}, []
+    for _ in range(5):
+        out = box.poll(view)
+        view = out[box.view]
+        timers.append(out[box.timer].value if box.timer in out else None)
+    # The first look fills the note; three looks that change nothing, then the slower pace; no further updates.
+    assert timers == [None, None, None, QUIET_SECONDS, None], timers
+    # A training elsewhere takes the slot: the next look says so and goes back to the idle pace.
+    view["busy"] = "something else"
+    out = box.poll(view)
+    assert box.start_btn in out and out[box.timer].value == IDLE_SECONDS

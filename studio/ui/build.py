@@ -42,6 +42,11 @@ Direct Preference Optimization with LoRA, on the embedded SmolLM2-135M-Instruct 
 preference data, train, watch the reward margins climb, and chat with the baseline and the tuned model side by side."""
 
 
+SHOW_TRAIN_JS = """(live) => {
+  if (live) document.querySelector('button[role=tab][data-tab-id=train]')?.click();
+}"""
+
+
 def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
     check_home_writable()  # a read-only or missing STUDIO_HOME is one clear message, not a traceback
     # Runs left live by a server that died are marked interrupted; their files stay readable.
@@ -59,7 +64,7 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
         if access_mode() == "hf":  # Gradio serves its OAuth routes only when the app has a login button
             gr.LoginButton()
         # "wrap": on a phone every tab stays visible on a second line instead of hiding behind "⋯".
-        with gr.Tabs(overflow_behavior="wrap") as tabs:
+        with gr.Tabs(overflow_behavior="wrap"):
             data = DataTab(services)
             train = TrainTab(default_preset)
             chat = ChatTab(services)
@@ -72,22 +77,42 @@ def build_app(default_preset: str = "cpu-quickstart") -> gr.Blocks:
         runs.connect(train)
         compare.connect(train)
 
+        # A run is going: the page opens on the Train tab. Not by returning gr.Tabs(selected=...): Gradio 6's page
+        # re-reads every component that any event ever updated, subtree included, at each status change of every
+        # later event, and the Tabs hold the whole app (0.9 s of browser CPU per timer tick, measured; 0.6 s
+        # without). A hidden flag and a click in the browser do the same.
+        live = gr.Checkbox(False, visible="hidden", label="A run is going", elem_id="ds-live", interactive=False)
+
         def on_load():
             out = train.on_load()
             out[chat.run] = chat.refresh(None)
-            if TrainingJob.active() is not None:
-                out[tabs] = gr.Tabs(selected="train")  # a run is going: show it first
+            out[live] = TrainingJob.active() is not None
             return out
 
-        demo.load(on_load, outputs=[*train.on_load_outputs(), chat.run, tabs], api_visibility="private",
-                  show_progress="hidden")
+        demo.load(on_load, outputs=[*train.on_load_outputs(), chat.run, live], api_visibility="private",
+                  show_progress="hidden").then(None, inputs=live, js=SHOW_TRAIN_JS)
         demo.load(compare.on_load, outputs=compare.load_outputs, api_name="load_compare", show_progress="hidden")
+        track_progress_on(demo, live)
     # Gradio 6 rebuilds a pandas summary of every past event (up to 10,000) after each event, for a monitoring page
     # the studio turns off (launch_options): 10-20 ms of CPU per timer tick, measured. Read when the queue is made.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1")
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
+
+
+def track_progress_on(demo: gr.Blocks, flag: gr.Component) -> None:
+    """Events that show no progress keep their status on `flag` (a small hidden component) only.
+
+    Gradio 6's page keeps a loading status for every output of every event it has run, and at each status change of
+    any event it re-reads all of them, children included (a 0.5 s-a-core browser cost for each timer tick or tab
+    switch, measured on the 2-core VM, growing with each event the page has run). An event with
+    `show_progress="hidden"` draws no status, so its status needs no outputs: `show_progress_on` moves it to `flag`.
+    Chat events keep theirs: the chatbot reads its own status while an answer streams."""
+    for fn in demo.fns.values():
+        if fn.show_progress == "hidden" and not fn.show_progress_on and \
+                not any(isinstance(block, gr.Chatbot) for block in fn.outputs):
+            fn.show_progress_on = [flag]
 
 
 def fetch_default_model() -> None:

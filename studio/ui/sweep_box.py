@@ -26,6 +26,8 @@ from .status import STATUS_CSS, error_html
 
 POLL_SECONDS = 1.0  # while a sweep runs
 IDLE_SECONDS = 5.0  # otherwise: only notice a sweep started elsewhere
+QUIET_SECONDS = 15.0  # ... and slower still once a few looks found nothing new (each look costs the browser ~0.5 s)
+QUIET_AFTER = 3  # idle looks without a change before the box slows to QUIET_SECONDS
 NONE = "(none)"
 SWEEP_COLUMNS = ["run", "state", "steps", "loss", "train margin", "tuned acc"]  # the empty table's headers
 
@@ -231,7 +233,7 @@ class SweepBox:
             view["busy"] = busy
         record = newest_sweep()
         if record is None:
-            return {**out, self.view: view}
+            return {**out, **self._quieter(view, out, live=False), self.view: view}
         key = (record["id"], record["state"], [e.get("state") for e in record.get("entries", [])],
                [e.get("tuned_accuracy") for e in record.get("entries", [])])
         if repr(key) != view.get("key"):
@@ -241,7 +243,25 @@ class SweepBox:
         if was_live and record["state"] not in SWEEP_LIVE:
             out.update(self.opened(record))
         live = record["state"] in SWEEP_LIVE
-        if live != (view.get("sweep_state") in SWEEP_LIVE) or "key" not in view:
+        was, seen = view.get("sweep_state") in SWEEP_LIVE, dict(view)
+        view.update({"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy})
+        if live != was or "key" not in seen:
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
-        out[self.view] = {"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy}
+            view["quiet"] = 0
+        else:
+            out.update(self._quieter(view, out, live))
+        out[self.view] = view
         return out
+
+    def _quieter(self, view: dict, out: dict, live: bool) -> dict:
+        """The timer after a look with nothing running: slower once QUIET_AFTER looks in a row changed nothing, back
+        to IDLE_SECONDS when one did (`view` counts the quiet looks)."""
+        quiet = view.get("quiet", 0)
+        view["quiet"] = 0 if live or out else quiet + 1
+        if live:
+            return {}
+        if view["quiet"] == QUIET_AFTER:
+            return {self.timer: gr.Timer(QUIET_SECONDS)}
+        if out and quiet >= QUIET_AFTER:
+            return {self.timer: gr.Timer(IDLE_SECONDS)}
+        return {}
