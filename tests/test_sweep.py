@@ -116,7 +116,8 @@ def test_an_idle_sweep_box_looks_less_often_after_three_looks_that_found_nothing
     import gradio as gr
 
     from studio.config import detect_hardware
-    from studio.ui.sweep_box import IDLE_SECONDS, QUIET_SECONDS, SweepBox
+    from studio.ui.common import IDLE_SECONDS, QUIET_SECONDS
+    from studio.ui.sweep_box import SweepBox
 
     with gr.Blocks():
         box = SweepBox(detect_hardware())

@@ -26,6 +26,11 @@ from studio.runs import get_run
 from . import charts
 
 log = logging.getLogger("studio.ui")
+# How often an idle page looks for work started elsewhere (another browser, the CLI). Each look costs the browser
+# about 0.5 s of CPU (it re-reads every output of the event), so after a few that found nothing it looks less often.
+IDLE_SECONDS = 5.0
+QUIET_SECONDS = 15.0
+QUIET_AFTER = 3  # idle looks in a row that changed nothing before the pace drops to QUIET_SECONDS
 # What a user sees of a bug: the server log has the traceback; the exception's own words stay there.
 INTERNAL_ERROR = "Internal error: it is logged on the server with its traceback. What you entered did not cause it."
 
@@ -124,6 +129,16 @@ def user_errors(title: str, fallback=None):
                 return handled(args, e)
         return inner
     return wrap
+
+
+def idle_pace(timer, quiet: int, changed: bool) -> tuple[int, dict]:
+    """One idle look of a polling `timer`: the new count of looks in a row that changed nothing (`quiet` is the
+    old one) and the timer update it calls for: QUIET_SECONDS at the QUIET_AFTER-th, IDLE_SECONDS again at the
+    first change after that, otherwise none."""
+    if changed:
+        return 0, ({timer: gr.Timer(IDLE_SECONDS)} if quiet >= QUIET_AFTER else {})
+    quiet += 1
+    return quiet, ({timer: gr.Timer(QUIET_SECONDS)} if quiet == QUIET_AFTER else {})
 
 
 def header(key: str) -> str:

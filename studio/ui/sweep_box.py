@@ -20,14 +20,11 @@ from studio.files import check_data_source, web_config
 from studio.probes import PROBE_MAX_NEW_TOKENS, probe_settings
 from studio.sweep import LIVE_STATES as SWEEP_LIVE, Sweep, list_sweeps, value_text
 
-from .common import escape, header, number, user_errors
+from .common import IDLE_SECONDS, escape, header, idle_pace, number, user_errors
 from .form import config_from_widgets
 from .status import STATUS_CSS, error_html
 
 POLL_SECONDS = 1.0  # while a sweep runs
-IDLE_SECONDS = 5.0  # otherwise: only notice a sweep started elsewhere
-QUIET_SECONDS = 15.0  # ... and slower still once a few looks found nothing new (each look costs the browser ~0.5 s)
-QUIET_AFTER = 3  # idle looks without a change before the box slows to QUIET_SECONDS
 NONE = "(none)"
 SWEEP_COLUMNS = ["run", "state", "steps", "loss", "train margin", "tuned acc"]  # the empty table's headers
 
@@ -233,7 +230,8 @@ class SweepBox:
             view["busy"] = busy
         record = newest_sweep()
         if record is None:
-            return {**out, **self._quieter(view, out, live=False), self.view: view}
+            view["quiet"], pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
+            return {**out, **pace, self.view: view}
         key = (record["id"], record["state"], [e.get("state") for e in record.get("entries", [])],
                [e.get("tuned_accuracy") for e in record.get("entries", [])])
         if repr(key) != view.get("key"):
@@ -242,26 +240,15 @@ class SweepBox:
         was_live = view.get("sweep") == record["id"] and view.get("sweep_state") in SWEEP_LIVE
         if was_live and record["state"] not in SWEEP_LIVE:
             out.update(self.opened(record))
-        live = record["state"] in SWEEP_LIVE
-        was, seen = view.get("sweep_state") in SWEEP_LIVE, dict(view)
-        view.update({"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy})
-        if live != was or "key" not in seen:
+        live, first_look = record["state"] in SWEEP_LIVE, "key" not in view
+        if live != (view.get("sweep_state") in SWEEP_LIVE) or first_look:
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
             view["quiet"] = 0
+        elif live:
+            view["quiet"] = 0
         else:
-            out.update(self._quieter(view, out, live))
+            view["quiet"], pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
+            out.update(pace)
+        view.update({"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy})
         out[self.view] = view
         return out
-
-    def _quieter(self, view: dict, out: dict, live: bool) -> dict:
-        """The timer after a look with nothing running: slower once QUIET_AFTER looks in a row changed nothing, back
-        to IDLE_SECONDS when one did (`view` counts the quiet looks)."""
-        quiet = view.get("quiet", 0)
-        view["quiet"] = 0 if live or out else quiet + 1
-        if live:
-            return {}
-        if view["quiet"] == QUIET_AFTER:
-            return {self.timer: gr.Timer(QUIET_SECONDS)}
-        if out and quiet >= QUIET_AFTER:
-            return {self.timer: gr.Timer(IDLE_SECONDS)}
-        return {}

@@ -27,14 +27,11 @@ from studio.runs import LIVE_STATES, Run, list_runs, runs_root
 from studio.training import TrainingJob, check_run
 
 from . import charts
-from .common import user_errors
+from .common import IDLE_SECONDS, idle_pace, user_errors
 from .form import AUTO, build_settings, config_from_widgets, widget_value
 from .status import STATUS_CSS, error_html, status_html
 
 POLL_SECONDS = 0.5  # a logged metric reaches the charts within this plus one round trip (< 2 s)
-IDLE_SECONDS = 5.0  # with nothing running a page only looks for a run started elsewhere: cheap on 2 cores
-QUIET_SECONDS = 15.0  # ... and slower still once a few looks found nothing new
-QUIET_AFTER = 3  # idle ticks without a change before the page slows to QUIET_SECONDS
 CHART_IDS = {"loss": "loss-chart", "margins": "margins-chart", "accuracy": "accuracy-chart",
              "rewards": "rewards-chart", "logps": "logps-chart", "objective": "objective-chart"}
 
@@ -340,9 +337,8 @@ class TrainTab:
             if view.get("html") != html:
                 out[self.status] = html
                 out.update({self.charts[k]: fig for k, fig in charts.training_figures([]).items()})
-            quiet = 0 if out else view.get("quiet", 0) + 1
-            if quiet == QUIET_AFTER:
-                out[self.timer] = gr.Timer(QUIET_SECONDS)
+            quiet, pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
+            out.update(pace)
             out[self.view] = {"html": html, "quiet": quiet}
             return out
 
@@ -361,13 +357,14 @@ class TrainTab:
         html = status_html(progress)
         if html != view.get("html"):
             out[self.status] = html
-        quiet = 0 if live or out else view.get("quiet", 0) + 1
+        quiet = 0
         if live != view.get("live"):
             out[self.start] = gr.Button(interactive=not live)
             out[self.stop] = gr.Button(interactive=live)
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
-        elif quiet == QUIET_AFTER:
-            out[self.timer] = gr.Timer(QUIET_SECONDS)
+        elif not live:
+            quiet, pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
+            out.update(pace)
         if view.get("run") and (run_id != view.get("run") or (state != view.get("state") and not live)):
             out[self.runs_changed] = f"{run_id}:{state}"
         out[self.view] = {"run": run_id, "rows": seen, "state": state, "live": live, "html": html, "quiet": quiet}
