@@ -83,7 +83,7 @@ def test_two_quick_messages_are_both_answered_and_the_cut_mark_reads_as_text(app
     prompt.fill("And one thing about bread?")
     prompt.press("Enter")
     page.wait_for_function(
-        """() => ['chat-baseline', 'chat-tuned'].every(id => {
+        r"""() => ['chat-baseline', 'chat-tuned'].every(id => {
              const bots = [...document.querySelectorAll(`#${id} [data-testid='bot']`)].map(b => b.innerText.trim())
                .filter((t, i, a) => i === 0 || a[i - 1] !== t);
              return bots.length >= 2 && bots.every(t => t.length > 1 && t !== '…') && /cut at|\./.test(bots[1]);

@@ -78,15 +78,14 @@ def trained_on_swapped(module_home, swapped_file):
 def test_a_run_trained_on_the_file_ranks_the_swapped_pairs_first(trained_on_swapped, swapped_file, engine):
     run = trained_on_swapped
     data = load_preferences(swapped_file)
-    adapter = engine.attach_run(run)
-    scores = margins(engine, data.pairs, adapter, max_length=64)
-    majority = [s for row, s in zip(data.rows, scores) if row not in SWAPPED]
-    assert sum(s > 0 for s in majority) >= 0.8 * len(majority), majority  # it learned what most pairs agree on
-    found = find_suspects(data, run.id, engine=engine)
+    # Every pair the run scores below zero, most suspect first: `top` lifts the usual cut, so one scoring pass (the
+    # costly part: each pair through the run and its base) answers both questions below.
+    found = find_suspects(data, run.id, engine=engine, top=len(data.pairs))
     ranked = [f["rows"][0] for f in found]
-    print(f"\nsuspects ranked: {ranked} (swapped: {SWAPPED}); majority positive: {sum(s > 0 for s in majority)}"
-          f"/{len(majority)}")
-    assert len(set(ranked[: len(SWAPPED)]) & set(SWAPPED)) >= 3, (ranked, scores)
+    against = [row for row in ranked if row not in SWAPPED]
+    print(f"\nsuspects ranked: {ranked} (swapped: {SWAPPED})")
+    assert len(against) <= 0.2 * (len(data.rows) - len(SWAPPED)), ranked  # it learned what most pairs agree on
+    assert len(set(ranked[: len(SWAPPED)]) & set(SWAPPED)) >= 3, ranked
     assert "implicit reward margin per token" in found[0]["message"] and f"run {run.id}" in found[0]["message"]
     # The run's data.json carries the data doctor's findings: nothing held out here.
     recorded = run.read_json("data.json")["findings"]
