@@ -241,14 +241,13 @@ class SweepBox:
         if was_live and record["state"] not in SWEEP_LIVE:
             out.update(self.opened(record))
         live, first_look = record["state"] in SWEEP_LIVE, "key" not in view
+        quiet = 0
         if live != (view.get("sweep_state") in SWEEP_LIVE) or first_look:
             out[self.timer] = gr.Timer(POLL_SECONDS if live else IDLE_SECONDS)
-            view["quiet"] = 0
-        elif live:
-            view["quiet"] = 0
-        else:
-            view["quiet"], pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
+        elif not live:
+            quiet, pace = idle_pace(self.timer, view.get("quiet", 0), bool(out))
             out.update(pace)
-        view.update({"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy})
+        view.update({"sweep": record["id"], "sweep_state": record["state"], "key": repr(key), "busy": busy,
+                     "quiet": quiet})
         out[self.view] = view
         return out
