@@ -7,6 +7,7 @@ real (a few steps of the embedded SmolLM2-135M on CPU); nothing is mocked.
 import json
 import threading
 import time
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -51,10 +52,17 @@ def check(client, api_name: str, *args, **kwargs) -> dict:
     return dict(zip(DATA_OUTPUTS, client.predict(*args, api_name=api_name, **kwargs), strict=True))
 
 
+SHOWN: "weakref.WeakKeyDictionary[Client, str]" = weakref.WeakKeyDictionary()
+
+
 def poll(client):
-    """The timer's handler: (status html, {chart: figure}) for this client's session."""
+    """The timer's handler: (the status html this client's page shows, {chart: figure}). The handler sends only what
+    changed, so a tick that finds the same status sends none (a skip) and the page keeps the last one sent."""
     status, loss, margins, accuracy, rewards, logps, *_ = client.predict(api_name="/poll")
-    return status, {"loss": loss, "margins": margins, "accuracy": accuracy, "rewards": rewards, "logps": logps}
+    if isinstance(status, str):
+        SHOWN[client] = status
+    return SHOWN.get(client, status), {"loss": loss, "margins": margins, "accuracy": accuracy, "rewards": rewards,
+                                       "logps": logps}
 
 
 def test_upload_reports_layout_counts_and_token_lengths_and_becomes_the_training_data(app):
