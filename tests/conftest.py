@@ -141,12 +141,10 @@ def model_cache(tmp_path_factory) -> Path:
     cache = Path(os.environ.get("STUDIO_TEST_MODEL_CACHE") or kept_model_cache())
     cache.mkdir(parents=True, exist_ok=True)
     if XDIST:  # converted now, by one worker, rather than by both at their first model
-        from studio.models import embedded_checkpoint, embedded_installed
-
-        if embedded_installed():
+        if models.embedded_installed():
             with FileLock(root / "models.lock"), pytest.MonkeyPatch.context() as mp:
                 mp.setenv("STUDIO_HOME", str(new_home(tmp_path_factory, cache)))
-                embedded_checkpoint()
+                models.embedded_checkpoint()
     return cache
 
 
